@@ -1,0 +1,27 @@
+"""css-inference-service: an Infernet container serving closed-source LLM providers.
+
+What a provider plugin needs is exported here: the `hookimpl` marker, the types its hooks
+take and return, and the errors it may raise.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from css_core.errors import InvalidJob, ProviderBadResponse, ProviderHTTPError
+from css_core.hookspecs import hookimpl
+from css_core.types import CSSRequest, Message, PreparedCall, ProviderCall, ProviderSpec, Result
+
+__all__ = (
+    "CSSRequest",
+    "InvalidJob",
+    "Message",
+    "PreparedCall",
+    "ProviderBadResponse",
+    "ProviderCall",
+    "ProviderHTTPError",
+    "ProviderSpec",
+    "Result",
+    "__version__",
+    "hookimpl",
+)

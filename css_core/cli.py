@@ -1,0 +1,108 @@
+"""The command line: `css-inference-service [--bind=HOST:PORT] [--workers=N]`.
+
+It takes exactly the node's `command` string (e.g. `--bind=0.0.0.0:3000 --workers=2`),
+checks the configuration and the plugins once before any worker starts, says which
+providers are served, then runs the ASGI server. `css-inference-service plugins` lists
+the installed provider plugins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from css_core import __version__
+from css_core.config import load_settings
+from css_core.errors import ConfigError
+from css_core.plugins import Registry, build_registry
+
+__all__ = ("main", "parse_bind")
+
+logger = logging.getLogger("css_core")
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """`HOST:PORT`, `[IPv6]:PORT` or `:PORT` (all interfaces)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="css-inference-service",
+        description="Infernet container serving closed-source LLM providers. Configuration is read from "
+        "the environment and .env (see README).",
+    )
+    parser.add_argument("command", nargs="?", choices=("serve", "plugins"), default="serve",
+                        help="serve (the default) or list the installed provider plugins")
+    parser.add_argument("--bind", type=parse_bind, default=("0.0.0.0", 3000), metavar="HOST:PORT",
+                        help="address to listen on (default 0.0.0.0:3000)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.hostname or "").geturl() if parts.username or parts.password else url
+
+
+def _report(registry: Registry) -> None:
+    for provider in registry.providers:
+        spec = provider.spec
+        if provider.served:
+            logger.info("serving %s (on-chain id %d: %s) at %s", spec.name, spec.onchain_id,
+                        ", ".join(spec.endpoints), _redact(provider.base_url))
+        else:
+            logger.warning("not serving %s: %s", spec.name, provider.unavailable_reason())
+    if not registry.providers:
+        logger.warning("no provider plugin is installed: every job will be refused")
+
+
+def _print_plugins(registry: Registry) -> None:
+    header = ("DISTRIBUTION", "VERSION", "PROVIDER", "ON-CHAIN ID", "ENDPOINTS", "KEY")
+    rows = [header] + [
+        (p.plugin.distribution, p.plugin.version, p.spec.name, str(p.spec.onchain_id), ",".join(p.spec.endpoints),
+         f"{p.spec.api_key_env} {'set' if p.served else 'NOT SET'}")
+        for p in registry.providers
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for error in registry.errors:
+        print(f"error: {error}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        settings = load_settings()
+        registry = build_registry(settings)
+    except ConfigError as exc:
+        print(f"css-inference-service: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if args.command == "plugins":
+        _print_plugins(registry)
+        return
+    if args.workers < 1:
+        _parser().error("--workers must be at least 1")
+    _report(registry)
+
+    import uvicorn
+
+    host, port = args.bind
+    options = dict(host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30,
+                   lifespan="on", server_header=False)
+    if args.workers == 1:
+        from css_core.app import create_app
+
+        uvicorn.run(create_app(settings, registry), **options)  # type: ignore[arg-type]
+    else:
+        uvicorn.run("css_core.app:create_app", factory=True, workers=args.workers, **options)  # type: ignore[arg-type]

@@ -1,0 +1,171 @@
+"""Configuration, read once at start-up from the environment and an optional `.env` file.
+
+A variable set in the environment wins over the same one in `.env`. For the retry
+policy, each field is taken from the first of these that sets it:
+
+1. `CSS_REQUEST_TRIES`, `CSS_REQUEST_DELAY`, `CSS_REQUEST_MAX_DELAY`,
+   `CSS_REQUEST_BACKOFF`, `CSS_REQUEST_JITTER` (the most specific);
+2. the `retry_params` key of `CSS_INF_WORKFLOW_KW_ARGS`;
+3. the older `RETRY_PARAMS`;
+4. the defaults: 3 tries, 3 s delay, 10 s max delay, backoff 2, jitter [0.5, 1.5].
+
+A variable that does not parse raises `ConfigError` naming it and what it expected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from css_core.errors import ConfigError
+
+__all__ = ("RetryPolicy", "Settings", "load_settings", "read_dotenv")
+
+_STREAM_DEADLINE_CAP = 55.0  # the node cuts a stream at 60 s
+
+
+class RetryPolicy(msgspec.Struct, frozen=True):
+    """Attempt `tries` times; wait `delay * backoff**n`, capped at `max_delay`, plus jitter."""
+
+    tries: int = 3
+    delay: float = 3.0
+    max_delay: float = 10.0
+    backoff: float = 2.0
+    jitter: tuple[float, float] = (0.5, 1.5)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the service reads from its environment."""
+
+    environ: Mapping[str, str]
+    default_provider: str = "OPENAI"
+    default_endpoint: str = "completions"
+    request_defaults: dict[str, Any] = {}
+    retry: RetryPolicy = RetryPolicy()
+    request_timeout: float = 60.0
+    job_deadline: float = 150.0
+
+    @property
+    def stream_deadline(self) -> float:
+        return min(self.job_deadline, _STREAM_DEADLINE_CAP)
+
+    def get(self, name: str) -> str | None:
+        """A variable's value, `None` when unset or empty."""
+        return self.environ.get(name) or None
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse `KEY=value` lines (optionally `export`-ed and quoted); `#` starts a comment."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key.strip()] = value
+    return values
+
+
+def _json(environ: Mapping[str, str], name: str, expected: str, type_: Any) -> Any:
+    raw = environ.get(name)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return msgspec.json.decode(raw, type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"{name} must be {expected}, got {raw!r} ({exc})") from None
+
+
+def _kind(type_: type) -> str:
+    return "a whole number" if type_ is int else "a number"
+
+
+def _number(environ: Mapping[str, str], name: str, type_: type, minimum: float) -> Any:
+    value = _json(environ, name, f"{_kind(type_)} >= {minimum:g}", type_)
+    if value is not None and value < minimum:
+        raise ConfigError(f"{name} must be {_kind(type_)} >= {minimum:g}, got {value!r}")
+    return value
+
+
+_RETRY_FIELDS = {"tries": (int, 1), "delay": (float, 0), "max_delay": (float, 0), "backoff": (float, 0)}
+
+
+def _retry_fields(params: Mapping[str, Any] | None, name: str) -> dict[str, Any]:
+    if not params:
+        return {}
+    fields: dict[str, Any] = {}
+    for key, value in params.items():
+        if key == "jitter":
+            fields[key] = _jitter(value, name)
+        elif key in _RETRY_FIELDS:
+            type_, minimum = _RETRY_FIELDS[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+                raise ConfigError(f"{name}: {key} must be {_kind(type_)} >= {minimum}, got {value!r}")
+            if type_ is int and value != int(value):
+                raise ConfigError(f"{name}: {key} must be {_kind(type_)}, got {value!r}")
+            fields[key] = type_(value)
+        else:
+            raise ConfigError(f"{name}: unknown retry parameter {key!r} (expected {sorted([*_RETRY_FIELDS, 'jitter'])})")
+    return fields
+
+
+def _jitter(value: Any, name: str) -> tuple[float, float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value, value]
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != 2
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        or not 0 <= value[0] <= value[1]
+    ):
+        raise ConfigError(f"{name}: jitter must be a JSON list [low, high] with 0 <= low <= high, got {value!r}")
+    return float(value[0]), float(value[1])
+
+
+def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
+    """Read and validate the whole configuration."""
+    env = dict(read_dotenv(dotenv)) if dotenv is not None else {}
+    env.update(os.environ if environ is None else environ)
+
+    positional = _json(env, "CSS_INF_WORKFLOW_POSITIONAL_ARGS", 'a JSON list ["PROVIDER", "endpoint"]', list[str])
+    if positional is not None and len(positional) != 2:
+        raise ConfigError(f'CSS_INF_WORKFLOW_POSITIONAL_ARGS must be a JSON list ["PROVIDER", "endpoint"], got {positional!r}')
+    kw_args = dict(_json(env, "CSS_INF_WORKFLOW_KW_ARGS", "a JSON object", dict[str, Any]) or {})
+    retry_params = kw_args.pop("retry_params", None)
+    if retry_params is not None and not isinstance(retry_params, dict):
+        raise ConfigError(f"CSS_INF_WORKFLOW_KW_ARGS: retry_params must be a JSON object, got {retry_params!r}")
+
+    retry = _retry_fields(_json(env, "RETRY_PARAMS", "a JSON object", dict[str, Any]), "RETRY_PARAMS")
+    retry.update(_retry_fields(retry_params, "CSS_INF_WORKFLOW_KW_ARGS.retry_params"))
+    for field, name in (("tries", "CSS_REQUEST_TRIES"), ("delay", "CSS_REQUEST_DELAY"),
+                        ("max_delay", "CSS_REQUEST_MAX_DELAY"), ("backoff", "CSS_REQUEST_BACKOFF")):
+        type_, minimum = _RETRY_FIELDS[field]
+        value = _number(env, name, type_, minimum)
+        if value is not None:
+            retry[field] = type_(value)
+    jitter = _json(env, "CSS_REQUEST_JITTER", "a JSON list [low, high]", Any)
+    if jitter is not None:
+        retry["jitter"] = _jitter(jitter, "CSS_REQUEST_JITTER")
+
+    timeout = _number(env, "CSS_REQUEST_TIMEOUT", float, 0.001)
+    deadline = _number(env, "CSS_JOB_DEADLINE", float, 0.001)
+    return Settings(
+        environ=env,
+        default_provider=positional[0] if positional else "OPENAI",
+        default_endpoint=positional[1] if positional else "completions",
+        request_defaults=kw_args,
+        retry=RetryPolicy(**retry),
+        request_timeout=60.0 if timeout is None else float(timeout),
+        job_deadline=150.0 if deadline is None else float(deadline),
+    )

@@ -1,0 +1,103 @@
+"""Decoding a `POST /service_output` body into one `CSSRequest`, validated once, here."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import msgspec
+
+from css_core import codec
+from css_core.config import Settings
+from css_core.errors import InvalidJob, ProofsNotSupported
+from css_core.messages import JobInput, JobLocation, OffchainRequest
+from css_core.plugins import Registry
+from css_core.types import CSSRequest
+
+__all__ = ("Job", "decode_job")
+
+_job_decoder = msgspec.json.Decoder(JobInput)
+_request_decoder = msgspec.json.Decoder(OffchainRequest)
+_hex_decoder = msgspec.json.Decoder(str)
+
+
+class Job(NamedTuple):
+    request: CSSRequest
+    destination: JobLocation
+    raw_input: str  # the on-chain input as bare hex, "" for an off-chain source
+
+
+def _location(value: int, field: str, allowed: tuple[JobLocation, ...]) -> JobLocation:
+    if value not in allowed:
+        choices = ", ".join(f"{loc.value} ({loc.name.lower()})" for loc in allowed)
+        raise InvalidJob(f"`{field}` must be one of {choices}, got {value}")
+    return JobLocation(value)
+
+
+def _invalid(where: str, exc: Exception) -> InvalidJob:
+    return InvalidJob(f"{where}: {exc}")
+
+
+def decode_job(body: bytes, registry: Registry, settings: Settings) -> Job:
+    """Validate a job body; every problem is an `InvalidJob` that says what is wrong."""
+    try:
+        job = _job_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _invalid("invalid job body (expected {source, destination, data, requires_proof})", exc) from None
+    if job.requires_proof:
+        raise ProofsNotSupported()
+    source = _location(job.source, "source", (JobLocation.ONCHAIN, JobLocation.OFFCHAIN))
+    destination = _location(job.destination, "destination", tuple(JobLocation))
+    stream = destination is JobLocation.STREAM
+
+    if source is JobLocation.OFFCHAIN:
+        try:
+            data = _request_decoder.decode(job.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _invalid("invalid off-chain request in `data`", exc) from None
+        params = data.params
+        request = CSSRequest(
+            provider=data.provider or settings.default_provider,
+            endpoint=data.endpoint or params.endpoint or settings.default_endpoint,
+            model=data.model,
+            messages=tuple(params.messages or ()),
+            input=params.input,
+            stream=stream,
+            extra_args=data.extra_args or {},
+        )
+        raw_input = ""
+    else:
+        try:
+            hex_data = _hex_decoder.decode(job.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise InvalidJob("on-chain `data` must be a hex string") from None
+        raw = codec.decode_hex(hex_data)
+        onchain = codec.decode_request(raw)
+        endpoint = codec.ENDPOINT_IDS.get(onchain.endpoint_id)
+        if endpoint is None:
+            raise InvalidJob(f"unknown on-chain endpoint id {onchain.endpoint_id} (0: completions, 1: embeddings)")
+        request = CSSRequest(
+            provider=registry.by_onchain_id(onchain.provider_id).spec.name,
+            endpoint=endpoint,
+            model=onchain.model,
+            messages=onchain.messages,
+            stream=stream,
+        )
+        raw_input = raw.hex()
+
+    _check(request, source, destination)
+    return Job(request, destination, raw_input)
+
+
+def _check(request: CSSRequest, source: JobLocation, destination: JobLocation) -> None:
+    if not request.model.strip():
+        raise InvalidJob("`model` must not be empty")
+    if request.endpoint == "embeddings":
+        if source is JobLocation.ONCHAIN or destination is not JobLocation.OFFCHAIN:
+            raise InvalidJob(
+                "embeddings can only be requested off-chain and delivered off-chain "
+                "(an embedding is not a string a contract callback or a text stream can carry)"
+            )
+        if request.input is None:
+            raise InvalidJob('embeddings need `params.input`, e.g. {"input": "text to embed"}')
+    elif request.endpoint == "completions" and not request.messages:
+        raise InvalidJob('completions need at least one message in `params.messages`, e.g. [{"role": "user", "content": "hi"}]')

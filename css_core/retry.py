@@ -1,0 +1,52 @@
+"""The retry policy: which failures are retried, how long to wait, when to give up.
+
+Waits follow the `retry` package the reference container used: the n-th wait is
+`min(delay * backoff**(n-1), max_delay)` plus a random jitter in `[low, high]`. A
+provider's `Retry-After` replaces the computed wait. Attempts stop after `tries`, or as
+soon as the next wait would pass the job's deadline.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
+
+from css_core.config import RetryPolicy
+from css_core.errors import ProviderBadResponse, ProviderHTTPError
+
+__all__ = ("is_retryable", "retrying", "wait_seconds")
+
+
+def is_retryable(exc: BaseException, retryable_statuses: frozenset[int]) -> bool:
+    """429, 5xx (as the provider declares them), connection errors, timeouts, bad bodies."""
+    if isinstance(exc, ProviderHTTPError):
+        return exc.status in retryable_statuses
+    return isinstance(exc, (httpx.TransportError, ProviderBadResponse))
+
+
+def wait_seconds(policy: RetryPolicy, attempt: int, exc: BaseException | None) -> float:
+    """How long to wait after failed attempt number `attempt` (1-based)."""
+    if isinstance(exc, ProviderHTTPError) and exc.retry_after is not None:
+        return exc.retry_after
+    low, high = policy.jitter
+    return min(policy.delay * policy.backoff ** (attempt - 1), policy.max_delay) + random.uniform(low, high)
+
+
+def retrying(
+    policy: RetryPolicy, retryable_statuses: frozenset[int], deadline: float, before_sleep: Any = None
+) -> AsyncRetrying:
+    """A fresh tenacity controller for one job (tenacity keeps per-run state on it)."""
+
+    def wait(state: RetryCallState) -> float:
+        return wait_seconds(policy, state.attempt_number, state.outcome.exception() if state.outcome else None)
+
+    return AsyncRetrying(
+        stop=stop_after_attempt(policy.tries) | stop_before_delay(deadline),
+        wait=wait,
+        retry=retry_if_exception(lambda exc: is_retryable(exc, retryable_statuses)),
+        before_sleep=before_sleep,
+        reraise=True,
+    )

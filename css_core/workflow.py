@@ -1,0 +1,200 @@
+"""The workflow: one job from a `CSSRequest` to its result, or to its stream of text.
+
+It knows no provider by name. It asks the registry for the provider's plugin, has the
+plugin encode the call, sends it with retries and the job's deadline, and has the plugin
+read the answer (or each streamed event).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+import msgspec
+from tenacity import RetryCallState
+
+from css_core.config import Settings
+from css_core.errors import (
+    InvalidJob,
+    ProviderBadResponse,
+    ProviderFailed,
+    ProviderHTTPError,
+    ProviderNotAvailable,
+    ProviderRejected,
+    ProviderTimeout,
+)
+from css_core.plugins import Provider, Registry
+from css_core.retry import is_retryable, retrying
+from css_core.types import CSSRequest, PreparedCall, Result
+
+__all__ = ("Workflow",)
+
+T = TypeVar("T")
+logger = logging.getLogger("css_core.workflow")
+_UNREADABLE = (msgspec.DecodeError, msgspec.ValidationError, KeyError, IndexError, TypeError, ValueError)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ProviderHTTPError):
+        return f"HTTP {exc.status}: {exc.message}"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    if isinstance(exc, httpx.TransportError):
+        return f"connection failed ({type(exc).__name__})"
+    return str(exc) or type(exc).__name__
+
+
+class _Job:
+    """The attempts of one job: counts them and turns the last failure into a `CSSError`."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.attempts = 0
+
+    def scrub(self, text: str) -> str:
+        key = self.provider.api_key
+        return text.replace(key, "***") if key else text
+
+    def failure(self, exc: BaseException) -> Exception:
+        name, attempts = self.provider.spec.name, self.attempts
+        what = self.scrub(_describe(exc))
+        if isinstance(exc, TimeoutError):
+            return ProviderTimeout(f"{name} did not answer within the job deadline ({attempts} attempt(s) made)")
+        if isinstance(exc, ProviderHTTPError) and not is_retryable(exc, self.provider.spec.retryable_statuses):
+            if exc.status in (401, 403):
+                return ProviderFailed(f"{name} refused this service's API key ({what})")
+            if 400 <= exc.status < 500:
+                return ProviderRejected(f"{name} rejected the request ({what})")
+        return ProviderFailed(f"{name} failed after {attempts} attempt(s); last error: {what}")
+
+    def before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        logger.warning(
+            "%s attempt %d failed (%s); retrying in %.1f s",
+            self.provider.spec.name, state.attempt_number, self.scrub(_describe(exc) if exc else "?"), wait,
+        )
+
+
+class Workflow:
+    """Runs jobs for one worker, with its pooled HTTP client."""
+
+    def __init__(self, registry: Registry, settings: Settings, client: httpx.AsyncClient) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.client = client
+
+    def prepare(self, request: CSSRequest) -> tuple[Provider, PreparedCall]:
+        """Check the job against its provider and build the provider request."""
+        provider = self.registry.by_name(request.provider)
+        spec = provider.spec
+        if not provider.served:
+            raise ProviderNotAvailable(f"provider {spec.name} is not served by this node: {provider.unavailable_reason()}")
+        if request.endpoint not in spec.endpoints:
+            raise InvalidJob(
+                f"{spec.name} has no {request.endpoint!r} endpoint (it serves: {', '.join(spec.endpoints)})"
+            )
+        call = provider.hooks["css_encode_params"](spec=spec, request=request)
+        if call is None:
+            raise InvalidJob(f"{spec.name} cannot encode a {request.endpoint!r} request")
+        body = {**self.settings.request_defaults, **call.body, **request.extra_args}
+        if request.stream:
+            body["stream"] = True
+        else:
+            body.pop("stream", None)
+        path = call.path if call.path.startswith("/") else "/" + call.path
+        return provider, PreparedCall(provider.base_url + path, provider.headers, msgspec.json.encode(body), request.stream)
+
+    async def _attempts(self, job: _Job, attempt: Callable[[], Awaitable[T]], deadline: float) -> T:
+        async def counted() -> T:
+            job.attempts += 1
+            return await attempt()
+
+        controller = retrying(self.settings.retry, job.provider.spec.retryable_statuses, deadline, job.before_sleep)
+        try:
+            async with asyncio.timeout(deadline):
+                return await controller(counted)
+        except (TimeoutError, ProviderHTTPError, ProviderBadResponse, httpx.TransportError) as exc:
+            raise job.failure(exc) from None
+
+    async def run(self, request: CSSRequest) -> Result:
+        """The job's result: a completion or an embedding."""
+        provider, call = self.prepare(request)
+        hooks, spec = provider.hooks, provider.spec
+
+        async def attempt() -> Result:
+            body = await hooks["css_call"](spec=spec, call=call, client=self.client)
+            try:
+                result: Result | None = hooks["css_postprocess"](spec=spec, request=request, body=body)
+            except _UNREADABLE as exc:
+                raise ProviderBadResponse(f"unreadable answer: {exc}") from None
+            if result is None:
+                raise ProviderBadResponse("the answer holds no result")
+            return result
+
+        return await self._attempts(_Job(provider), attempt, self.settings.job_deadline)
+
+    async def stream(self, request: CSSRequest) -> AsyncIterator[str]:
+        """The job's text, chunk by chunk, once the first chunk has arrived.
+
+        Failures before the first chunk are retried and raised from this coroutine, so the
+        caller can still answer with an error status. After it, a failure ends the iterator
+        with an exception, which the server turns into an aborted response.
+        """
+        provider, call = self.prepare(request)
+        hooks, spec = provider.hooks, provider.spec
+        deadline = self.settings.stream_deadline
+        deadline_at = asyncio.get_running_loop().time() + deadline
+
+        def text_of(data: bytes) -> str:
+            try:
+                return hooks["css_parse_stream_event"](spec=spec, request=request, data=data) or ""
+            except _UNREADABLE as exc:
+                raise ProviderBadResponse(f"unreadable stream event: {exc}") from None
+
+        async def attempt() -> tuple[AsyncIterator[bytes], str]:
+            events: AsyncIterator[bytes] = hooks["css_call_stream"](spec=spec, call=call, client=self.client)
+            try:
+                async for data in events:
+                    if text := text_of(data):
+                        return events, text
+            except BaseException:
+                await _close(events)
+                raise
+            return events, ""
+
+        job = _Job(provider)
+        events, first = await self._attempts(job, attempt, deadline)
+        return self._relay(job, events, first, text_of, deadline_at)
+
+    async def _relay(
+        self, job: _Job, events: AsyncIterator[bytes], first: str, text_of: Callable[[bytes], str], deadline_at: float
+    ) -> AsyncIterator[str]:
+        sent = 0
+        try:
+            if first:
+                yield first
+                sent += 1
+            while True:
+                async with asyncio.timeout_at(deadline_at):
+                    try:
+                        data = await anext(events)
+                    except StopAsyncIteration:
+                        return
+                if text := text_of(data):
+                    yield text
+                    sent += 1
+        except (TimeoutError, ProviderBadResponse, httpx.TransportError) as exc:
+            logger.warning("%s stream ended after %d chunk(s): %s", job.provider.spec.name, sent, job.scrub(_describe(exc)))
+            raise
+        finally:
+            await _close(events)
+
+
+async def _close(events: Any) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
