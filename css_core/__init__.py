@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from css_core import openai_format
 from css_core.errors import InvalidJob, ProviderBadResponse, ProviderHTTPError
 from css_core.hookspecs import hookimpl
 from css_core.types import CSSRequest, Message, PreparedCall, ProviderCall, ProviderSpec, Result
@@ -24,4 +25,5 @@ __all__ = (
     "Result",
     "__version__",
     "hookimpl",
+    "openai_format",
 )

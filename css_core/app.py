@@ -111,8 +111,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        transport = httpx.AsyncHTTPTransport(retries=0, limits=httpx.Limits(max_connections=None, max_keepalive_connections=256))
-        async with httpx.AsyncClient(transport=transport, timeout=settings.request_timeout, follow_redirects=False) as client:
+        # tenacity is the only retry loop, so the transport's own retries stay off
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        transport = httpx.AsyncHTTPTransport(retries=0, limits=limits)
+        async with httpx.AsyncClient(transport=transport, timeout=settings.request_timeout) as client:
             app.state.service = Service(settings, registry, client)
             yield
 

@@ -103,6 +103,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.workers == 1:
         from css_core.app import create_app
 
-        uvicorn.run(create_app(settings, registry), **options)  # type: ignore[arg-type]
+        uvicorn.run(create_app(settings, registry), **options)
     else:
-        uvicorn.run("css_core.app:create_app", factory=True, workers=args.workers, **options)  # type: ignore[arg-type]
+        uvicorn.run("css_core.app:create_app", factory=True, workers=args.workers, **options)

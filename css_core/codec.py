@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from eth_abi import decode, encode
+from eth_abi.abi import decode, encode
 from eth_abi.exceptions import DecodingError
 
 from css_core.errors import InvalidJob

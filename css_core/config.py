@@ -116,7 +116,8 @@ def _retry_fields(params: Mapping[str, Any] | None, name: str) -> dict[str, Any]
                 raise ConfigError(f"{name}: {key} must be {_kind(type_)}, got {value!r}")
             fields[key] = type_(value)
         else:
-            raise ConfigError(f"{name}: unknown retry parameter {key!r} (expected {sorted([*_RETRY_FIELDS, 'jitter'])})")
+            known = sorted([*_RETRY_FIELDS, "jitter"])
+            raise ConfigError(f"{name}: unknown retry parameter {key!r} (expected one of {known})")
     return fields
 
 
@@ -138,9 +139,10 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
     env = dict(read_dotenv(dotenv)) if dotenv is not None else {}
     env.update(os.environ if environ is None else environ)
 
-    positional = _json(env, "CSS_INF_WORKFLOW_POSITIONAL_ARGS", 'a JSON list ["PROVIDER", "endpoint"]', list[str])
+    expected = 'a JSON list ["PROVIDER", "endpoint"]'
+    positional = _json(env, "CSS_INF_WORKFLOW_POSITIONAL_ARGS", expected, list[str])
     if positional is not None and len(positional) != 2:
-        raise ConfigError(f'CSS_INF_WORKFLOW_POSITIONAL_ARGS must be a JSON list ["PROVIDER", "endpoint"], got {positional!r}')
+        raise ConfigError(f"CSS_INF_WORKFLOW_POSITIONAL_ARGS must be {expected}, got {positional!r}")
     kw_args = dict(_json(env, "CSS_INF_WORKFLOW_KW_ARGS", "a JSON object", dict[str, Any]) or {})
     retry_params = kw_args.pop("retry_params", None)
     if retry_params is not None and not isinstance(retry_params, dict):

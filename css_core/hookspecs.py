@@ -40,7 +40,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def css_provider() -> ProviderSpec | None:  # type: ignore[empty-body]
+def css_provider() -> ProviderSpec | None:
     """Describe the provider this plugin serves.
 
     Called once per plugin at start-up, before any job. Return the `ProviderSpec`
@@ -54,7 +54,7 @@ def css_provider() -> ProviderSpec | None:  # type: ignore[empty-body]
 
 
 @hookspec(firstresult=True)
-def css_encode_params(spec: ProviderSpec, request: CSSRequest) -> ProviderCall | None:  # type: ignore[empty-body]
+def css_encode_params(spec: ProviderSpec, request: CSSRequest) -> ProviderCall | None:
     """Encode a job as the provider's HTTP request: a path below the base URL and a body.
 
     Called once per job, before the first attempt. The core then merges the operator's
@@ -66,7 +66,7 @@ def css_encode_params(spec: ProviderSpec, request: CSSRequest) -> ProviderCall |
 
 
 @hookspec(firstresult=True)
-def css_call(  # type: ignore[empty-body]
+def css_call(
     spec: ProviderSpec, call: PreparedCall, client: httpx.AsyncClient
 ) -> Awaitable[bytes] | None:
     """Send one attempt of a non-streaming call and return an awaitable of the body.
@@ -80,7 +80,7 @@ def css_call(  # type: ignore[empty-body]
 
 
 @hookspec(firstresult=True)
-def css_call_stream(  # type: ignore[empty-body]
+def css_call_stream(
     spec: ProviderSpec, call: PreparedCall, client: httpx.AsyncClient
 ) -> AsyncIterator[bytes] | None:
     """Send one attempt of a streaming call; return an async iterator of event payloads.
@@ -93,7 +93,7 @@ def css_call_stream(  # type: ignore[empty-body]
 
 
 @hookspec(firstresult=True)
-def css_postprocess(spec: ProviderSpec, request: CSSRequest, body: bytes) -> Result | None:  # type: ignore[empty-body]
+def css_postprocess(spec: ProviderSpec, request: CSSRequest, body: bytes) -> Result | None:
     """Extract the job's result from the provider's 2xx body.
 
     Called once per successful attempt, inside the retry loop. Return the completion's
@@ -104,7 +104,7 @@ def css_postprocess(spec: ProviderSpec, request: CSSRequest, body: bytes) -> Res
 
 
 @hookspec(firstresult=True)
-def css_parse_stream_event(spec: ProviderSpec, request: CSSRequest, data: bytes) -> str | None:  # type: ignore[empty-body]
+def css_parse_stream_event(spec: ProviderSpec, request: CSSRequest, data: bytes) -> str | None:
     """Return the text one streamed event carries.
 
     Called for each event payload of a stream, in order. `None` (or "") means the event

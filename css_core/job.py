@@ -100,4 +100,5 @@ def _check(request: CSSRequest, source: JobLocation, destination: JobLocation) -
         if request.input is None:
             raise InvalidJob('embeddings need `params.input`, e.g. {"input": "text to embed"}')
     elif request.endpoint == "completions" and not request.messages:
-        raise InvalidJob('completions need at least one message in `params.messages`, e.g. [{"role": "user", "content": "hi"}]')
+        example = '[{"role": "user", "content": "hi"}]'
+        raise InvalidJob(f"completions need at least one message in `params.messages`, e.g. {example}")

@@ -8,7 +8,7 @@ while the others serve. A hook whose name no hookspec knows (a misspelling) stop
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
@@ -49,7 +49,7 @@ class Provider:
     api_key: str | None
     headers: dict[str, str] = field(repr=False)
     # per-job hooks, restricted to this provider's plugin (and provider-less plugins)
-    hooks: dict[str, Callable[..., Any]] = field(repr=False, default_factory=dict)
+    hooks: Mapping[str, Callable[..., Any]] = field(repr=False, default_factory=dict)
 
     @property
     def served(self) -> bool:

@@ -6,7 +6,7 @@ submodule. They are validated once, at the edge, and immutable after that.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any
 
 import msgspec
 
@@ -20,7 +20,7 @@ __all__ = (
 )
 
 #: What a job produces: a completion's text, or an embedding.
-Result = Union[str, list[float]]
+Result = str | list[float]
 
 
 class Message(msgspec.Struct, frozen=True):

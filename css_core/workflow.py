@@ -47,6 +47,14 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _checked_path(path: str) -> str:
+    """The plugin's path, refused if a job's value in it could leave the provider's base URL."""
+    unsafe = any(c in "?#\\" or ord(c) < 0x21 or c == "\x7f" for c in path)
+    if unsafe or any(segment in (".", "..") for segment in path.split("/")):
+        raise InvalidJob(f"the request would change the provider's URL ({path!r}); check the model name")
+    return path if path.startswith("/") else "/" + path
+
+
 class _Job:
     """The attempts of one job: counts them and turns the last failure into a `CSSError`."""
 
@@ -92,7 +100,8 @@ class Workflow:
         provider = self.registry.by_name(request.provider)
         spec = provider.spec
         if not provider.served:
-            raise ProviderNotAvailable(f"provider {spec.name} is not served by this node: {provider.unavailable_reason()}")
+            reason = provider.unavailable_reason()
+            raise ProviderNotAvailable(f"provider {spec.name} is not served by this node: {reason}")
         if request.endpoint not in spec.endpoints:
             raise InvalidJob(
                 f"{spec.name} has no {request.endpoint!r} endpoint (it serves: {', '.join(spec.endpoints)})"
@@ -105,8 +114,9 @@ class Workflow:
             body["stream"] = True
         else:
             body.pop("stream", None)
-        path = call.path if call.path.startswith("/") else "/" + call.path
-        return provider, PreparedCall(provider.base_url + path, provider.headers, msgspec.json.encode(body), request.stream)
+        path = _checked_path(call.path)
+        content = msgspec.json.encode(body)
+        return provider, PreparedCall(provider.base_url + path, provider.headers, content, request.stream)
 
     async def _attempts(self, job: _Job, attempt: Callable[[], Awaitable[T]], deadline: float) -> T:
         async def counted() -> T:
@@ -188,7 +198,8 @@ class Workflow:
                     yield text
                     sent += 1
         except (TimeoutError, ProviderBadResponse, httpx.TransportError) as exc:
-            logger.warning("%s stream ended after %d chunk(s): %s", job.provider.spec.name, sent, job.scrub(_describe(exc)))
+            name, what = job.provider.spec.name, job.scrub(_describe(exc))
+            logger.warning("%s stream ended after %d chunk(s): %s", name, sent, what)
             raise
         finally:
             await _close(events)

@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-import msgspec
-
-from css_core import CSSRequest, ProviderCall, ProviderSpec, Result, hookimpl
+from css_core import CSSRequest, ProviderCall, ProviderSpec, Result, hookimpl, openai_format
 
 __all__ = ("SPEC",)
 
@@ -28,43 +26,6 @@ SPEC = ProviderSpec(
 )
 
 
-class _Message(msgspec.Struct):
-    content: str | None = None
-
-
-class _Choice(msgspec.Struct):
-    message: _Message
-
-
-class _ChatCompletion(msgspec.Struct):
-    choices: list[_Choice]
-
-
-class _Delta(msgspec.Struct):
-    content: str | None = None
-
-
-class _StreamChoice(msgspec.Struct):
-    delta: _Delta
-
-
-class _ChatCompletionChunk(msgspec.Struct):
-    choices: list[_StreamChoice] = []
-
-
-class _Embedding(msgspec.Struct):
-    embedding: list[float]
-
-
-class _Embeddings(msgspec.Struct):
-    data: list[_Embedding]
-
-
-_chat = msgspec.json.Decoder(_ChatCompletion)
-_chunk = msgspec.json.Decoder(_ChatCompletionChunk)
-_embeddings = msgspec.json.Decoder(_Embeddings)
-
-
 @hookimpl
 def css_provider() -> ProviderSpec:
     return SPEC
@@ -73,21 +34,19 @@ def css_provider() -> ProviderSpec:
 @hookimpl
 def css_encode_params(request: CSSRequest) -> ProviderCall | None:
     if request.endpoint == "completions":
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        return ProviderCall("/chat/completions", {"model": request.model, "messages": messages})
+        return openai_format.chat_call(request)
     if request.endpoint == "embeddings":
-        return ProviderCall("/embeddings", {"model": request.model, "input": request.input})
+        return openai_format.embeddings_call(request)
     return None
 
 
 @hookimpl
 def css_postprocess(request: CSSRequest, body: bytes) -> Result | None:
     if request.endpoint == "embeddings":
-        return _embeddings.decode(body).data[0].embedding
-    return _chat.decode(body).choices[0].message.content
+        return openai_format.embeddings_result(body)
+    return openai_format.chat_result(body)
 
 
 @hookimpl
 def css_parse_stream_event(data: bytes) -> str | None:
-    choices = _chunk.decode(data).choices
-    return choices[0].delta.content if choices else None
+    return openai_format.chat_stream_text(data)

@@ -1,0 +1,67 @@
+"""GooseAI, as its API reference describes it.
+
+Completions: `POST /engines/{engine}/completions` `{"prompt": text}`; the text is
+`choices[0].text`, streamed or not. GooseAI completes one prompt, so a job must carry
+exactly one message.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+import msgspec
+
+from css_core import CSSRequest, InvalidJob, ProviderCall, ProviderSpec, hookimpl
+
+__all__ = ("SPEC",)
+
+SPEC = ProviderSpec(
+    name="GOOSEAI",
+    onchain_id=1,
+    api_key_env="GOOSEAI_API_KEY",
+    default_base_url="https://api.goose.ai/v1",
+    endpoints=("completions",),
+    models=(
+        "gpt-neo-20b", "fairseqNone25m", "fairseqNone-3b", "fairseq-2-7b", "fairseq-6b-7b", "fairseqNone3b",
+        "gpt-j-6b", "gpt-neoNone25m", "gpt-neoNone-3b", "gpt-neo-2-7b",
+        # the engines' names in GooseAI's own documentation
+        "fairseq-125m", "fairseq-1-3b", "fairseq-13b", "gpt-neo-125m", "gpt-neo-1-3b",
+    ),
+)
+
+
+class _Choice(msgspec.Struct):
+    text: str | None = None
+
+
+class _Completion(msgspec.Struct):
+    choices: list[_Choice] = []
+
+
+_completion = msgspec.json.Decoder(_Completion)
+
+
+@hookimpl
+def css_provider() -> ProviderSpec:
+    return SPEC
+
+
+@hookimpl
+def css_encode_params(request: CSSRequest) -> ProviderCall | None:
+    if request.endpoint != "completions":
+        return None
+    if len(request.messages) != 1:
+        raise InvalidJob(f"GOOSEAI takes exactly one message (its prompt), got {len(request.messages)}")
+    engine = quote(request.model, safe="")
+    return ProviderCall(f"/engines/{engine}/completions", {"prompt": request.messages[0].content})
+
+
+@hookimpl
+def css_postprocess(body: bytes) -> str | None:
+    return _completion.decode(body).choices[0].text
+
+
+@hookimpl
+def css_parse_stream_event(data: bytes) -> str | None:
+    choices = _completion.decode(data).choices
+    return choices[0].text if choices else None

@@ -1,0 +1,45 @@
+"""PerplexityAI, as its API reference describes it.
+
+Chat completions: `POST /chat/completions` `{model, messages}`, OpenAI's format; the text
+is `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`.
+"""
+
+from __future__ import annotations
+
+from css_core import CSSRequest, ProviderCall, ProviderSpec, hookimpl, openai_format
+
+__all__ = ("SPEC",)
+
+SPEC = ProviderSpec(
+    name="PERPLEXITYAI",
+    onchain_id=2,
+    api_key_env="PERPLEXITYAI_API_KEY",
+    default_base_url="https://api.perplexity.ai",
+    endpoints=("completions",),
+    models=(
+        "sonar", "sonar-pro", "sonar-reasoning", "sonar-reasoning-pro", "sonar-deep-research", "r1-1776",
+        # the reference container's catalogue, kept for nodes that still advertise it
+        "llama-3-sonar-small-32k-chat", "llama-3-sonar-small-32k-online", "llama-3-sonar-large-32k-chat",
+        "llama-3-sonar-large-32k-online", "llama-3-8b-instruct", "llama-3-70b-instruct", "mixtral-8x7b-instruct",
+    ),
+)
+
+
+@hookimpl
+def css_provider() -> ProviderSpec:
+    return SPEC
+
+
+@hookimpl
+def css_encode_params(request: CSSRequest) -> ProviderCall | None:
+    return openai_format.chat_call(request) if request.endpoint == "completions" else None
+
+
+@hookimpl
+def css_postprocess(body: bytes) -> str | None:
+    return openai_format.chat_result(body)
+
+
+@hookimpl
+def css_parse_stream_event(data: bytes) -> str | None:
+    return openai_format.chat_stream_text(data)
