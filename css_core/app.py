@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,14 +11,16 @@ from typing import Any
 
 import httpx
 import msgspec
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException
+from litestar.handlers import BaseRouteHandler
 from litestar.response import Stream
 
 from css_core import __version__
 from css_core.codec import encode_result
 from css_core.config import Settings, load_settings
-from css_core.errors import CSSError
+from css_core.errors import CSSError, Unauthorized
 from css_core.job import decode_job
 from css_core.messages import ErrorBody, JobLocation, OffchainOutput, OnchainOutput
 from css_core.plugins import Registry, build_registry
@@ -70,6 +73,18 @@ def _service(request: Request[Any, Any, Any]) -> Service:
     return service
 
 
+def _bearer_guard(token: str) -> Any:
+    """Refuse a request whose `Authorization: Bearer` is not `token` (compared in constant time)."""
+    expected = f"Bearer {token}".encode()
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        given = connection.headers.get("authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, expected):
+            raise Unauthorized("missing or wrong `Authorization: Bearer` token (set by the node's container config)")
+
+    return guard
+
+
 @get("/", media_type=JSON)
 async def index(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(_service(request).index, media_type=JSON)
@@ -118,8 +133,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             app.state.service = Service(settings, registry, client)
             yield
 
+    guards = [_bearer_guard(settings.bearer_token)] if settings.bearer_token else []
     return Litestar(
-        route_handlers=[index, resources, service_output],
+        route_handlers=[index, Router("/", route_handlers=[resources, service_output], guards=guards)],
+        request_max_body_size=settings.max_body_bytes,
         lifespan=[lifespan],
         exception_handlers={CSSError: _css_error, HTTPException: _http_error, Exception: _internal_error},
         logging_config=None,

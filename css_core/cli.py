@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
     host, port = args.bind
-    options = dict(host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=30,
+    options = dict(host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=settings.shutdown_grace,
                    lifespan="on", server_header=False)
     if args.workers == 1:
         from css_core.app import create_app

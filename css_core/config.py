@@ -9,6 +9,13 @@ policy, each field is taken from the first of these that sets it:
 3. the older `RETRY_PARAMS`;
 4. the defaults: 3 tries, 3 s delay, 10 s max delay, backoff 2, jitter [0.5, 1.5].
 
+Beyond DESIGN.md's variables, the service reads its own limits: `CSS_MAX_BODY_BYTES`
+(largest job body, default 4 MiB), `CSS_MAX_MESSAGES` (per job, default 1024),
+`CSS_MAX_IN_FLIGHT` (calls open to one provider per worker before new jobs get 503,
+default 512), `CSS_BEARER_TOKEN` (when set, `/service_output` and `/service-resources`
+require `Authorization: Bearer <token>`) and `CSS_SHUTDOWN_GRACE` (seconds calls in
+flight may take to finish after SIGTERM, default 30).
+
 A variable that does not parse raises `ConfigError` naming it and what it expected.
 """
 
@@ -48,6 +55,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry: RetryPolicy = RetryPolicy()
     request_timeout: float = 60.0
     job_deadline: float = 150.0
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_messages: int = 1024
+    max_in_flight: int = 512
+    bearer_token: str | None = None
+    shutdown_grace: float = 30.0
+
+    def __repr__(self) -> str:
+        # `environ` holds the API keys: never let a repr carry them into a log
+        fields = (f for f in self.__struct_fields__ if f not in ("environ", "bearer_token"))
+        return "Settings(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in fields) + ")"
 
     @property
     def stream_deadline(self) -> float:
@@ -98,6 +115,12 @@ def _number(environ: Mapping[str, str], name: str, type_: type, minimum: float) 
     return value
 
 
+_LIMITS = (
+    ("max_body_bytes", "CSS_MAX_BODY_BYTES", int, 1),
+    ("max_messages", "CSS_MAX_MESSAGES", int, 1),
+    ("max_in_flight", "CSS_MAX_IN_FLIGHT", int, 1),
+    ("shutdown_grace", "CSS_SHUTDOWN_GRACE", float, 0),
+)
 _RETRY_FIELDS = {"tries": (int, 1), "delay": (float, 0), "max_delay": (float, 0), "backoff": (float, 0)}
 
 
@@ -162,7 +185,14 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
 
     timeout = _number(env, "CSS_REQUEST_TIMEOUT", float, 0.001)
     deadline = _number(env, "CSS_JOB_DEADLINE", float, 0.001)
+    limits = {
+        field: value
+        for field, name, type_, minimum in _LIMITS
+        if (value := _number(env, name, type_, minimum)) is not None
+    }
     return Settings(
+        **limits,
+        bearer_token=env.get("CSS_BEARER_TOKEN") or None,
         environ=env,
         default_provider=positional[0] if positional else "OPENAI",
         default_endpoint=positional[1] if positional else "completions",

@@ -18,6 +18,8 @@ __all__ = ("Job", "decode_job")
 _job_decoder = msgspec.json.Decoder(JobInput)
 _request_decoder = msgspec.json.Decoder(OffchainRequest)
 _hex_decoder = msgspec.json.Decoder(str)
+# what msgspec raises for bodies that are not JSON, deeply nested, or not UTF-8
+_UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
 
 
 class Job(NamedTuple):
@@ -41,7 +43,7 @@ def decode_job(body: bytes, registry: Registry, settings: Settings) -> Job:
     """Validate a job body; every problem is an `InvalidJob` that says what is wrong."""
     try:
         job = _job_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except _UNDECODABLE as exc:
         raise _invalid("invalid job body (expected {source, destination, data, requires_proof})", exc) from None
     if job.requires_proof:
         raise ProofsNotSupported()
@@ -52,7 +54,7 @@ def decode_job(body: bytes, registry: Registry, settings: Settings) -> Job:
     if source is JobLocation.OFFCHAIN:
         try:
             data = _request_decoder.decode(job.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except _UNDECODABLE as exc:
             raise _invalid("invalid off-chain request in `data`", exc) from None
         params = data.params
         request = CSSRequest(
@@ -68,7 +70,7 @@ def decode_job(body: bytes, registry: Registry, settings: Settings) -> Job:
     else:
         try:
             hex_data = _hex_decoder.decode(job.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except _UNDECODABLE:
             raise InvalidJob("on-chain `data` must be a hex string") from None
         raw = codec.decode_hex(hex_data)
         onchain = codec.decode_request(raw)
@@ -84,13 +86,19 @@ def decode_job(body: bytes, registry: Registry, settings: Settings) -> Job:
         )
         raw_input = raw.hex()
 
-    _check(request, source, destination)
+    _check(request, source, destination, settings)
     return Job(request, destination, raw_input)
 
 
-def _check(request: CSSRequest, source: JobLocation, destination: JobLocation) -> None:
+def _check(request: CSSRequest, source: JobLocation, destination: JobLocation, settings: Settings) -> None:
     if not request.model.strip():
         raise InvalidJob("`model` must not be empty")
+    if len(request.messages) > settings.max_messages:
+        count, most = len(request.messages), settings.max_messages
+        raise InvalidJob(f"too many messages: {count} (this service takes at most {most}, CSS_MAX_MESSAGES)")
+    # a NUL character is never meaningful in a prompt and some providers fail on it
+    if "\x00" in request.model or any("\x00" in m.role or "\x00" in m.content for m in request.messages):
+        raise InvalidJob("NUL characters are not allowed in the model name or the messages")
     if request.endpoint == "embeddings":
         if source is JobLocation.ONCHAIN or destination is not JobLocation.OFFCHAIN:
             raise InvalidJob(

@@ -46,10 +46,11 @@ class Provider:
     spec: ProviderSpec
     plugin: PluginInfo
     base_url: str
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     headers: dict[str, str] = field(repr=False)
     # per-job hooks, restricted to this provider's plugin (and provider-less plugins)
     hooks: Mapping[str, Callable[..., Any]] = field(repr=False, default_factory=dict)
+    in_flight: int = 0  # calls this worker has open to the provider now
 
     @property
     def served(self) -> bool:

@@ -25,6 +25,7 @@ from css_core.errors import (
     ProviderNotAvailable,
     ProviderRejected,
     ProviderTimeout,
+    ServiceBusy,
 )
 from css_core.plugins import Provider, Registry
 from css_core.retry import is_retryable, retrying
@@ -118,6 +119,15 @@ class Workflow:
         content = msgspec.json.encode(body)
         return provider, PreparedCall(provider.base_url + path, provider.headers, content, request.stream)
 
+    def _occupy(self, provider: Provider) -> None:
+        """Take one of the provider's in-flight slots; when none is left, answer 503 at once."""
+        if provider.in_flight >= self.settings.max_in_flight:
+            raise ServiceBusy(
+                f"{provider.spec.name} already has {provider.in_flight} calls in flight on this worker "
+                "(CSS_MAX_IN_FLIGHT); retry shortly"
+            )
+        provider.in_flight += 1
+
     async def _attempts(self, job: _Job, attempt: Callable[[], Awaitable[T]], deadline: float) -> T:
         async def counted() -> T:
             job.attempts += 1
@@ -145,7 +155,11 @@ class Workflow:
                 raise ProviderBadResponse("the answer holds no result")
             return result
 
-        return await self._attempts(_Job(provider), attempt, self.settings.job_deadline)
+        self._occupy(provider)
+        try:
+            return await self._attempts(_Job(provider), attempt, self.settings.job_deadline)
+        finally:
+            provider.in_flight -= 1
 
     async def stream(self, request: CSSRequest) -> AsyncIterator[str]:
         """The job's text, chunk by chunk, once the first chunk has arrived.
@@ -154,6 +168,13 @@ class Workflow:
         caller can still answer with an error status. After it, a failure ends the iterator
         with an exception, which the server turns into an aborted response.
         """
+        texts = self._texts(request)
+        # priming the generator here means its `finally` (closing the provider's stream,
+        # freeing the slot) runs however the response ends, even if it is never iterated
+        first = await anext(texts, None)
+        return _prepend(first, texts)
+
+    async def _texts(self, request: CSSRequest) -> AsyncIterator[str]:
         provider, call = self.prepare(request)
         hooks, spec = provider.hooks, provider.spec
         deadline = self.settings.stream_deadline
@@ -177,32 +198,42 @@ class Workflow:
             return events, ""
 
         job = _Job(provider)
-        events, first = await self._attempts(job, attempt, deadline)
-        return self._relay(job, events, first, text_of, deadline_at)
-
-    async def _relay(
-        self, job: _Job, events: AsyncIterator[bytes], first: str, text_of: Callable[[bytes], str], deadline_at: float
-    ) -> AsyncIterator[str]:
+        self._occupy(provider)
+        events: AsyncIterator[bytes] | None = None
         sent = 0
         try:
+            upstream, first = await self._attempts(job, attempt, deadline)
+            events = upstream
             if first:
                 yield first
                 sent += 1
             while True:
                 async with asyncio.timeout_at(deadline_at):
                     try:
-                        data = await anext(events)
+                        data = await anext(upstream)
                     except StopAsyncIteration:
                         return
                 if text := text_of(data):
                     yield text
                     sent += 1
         except (TimeoutError, ProviderBadResponse, httpx.TransportError) as exc:
-            name, what = job.provider.spec.name, job.scrub(_describe(exc))
+            name, what = spec.name, job.scrub(_describe(exc))
             logger.warning("%s stream ended after %d chunk(s): %s", name, sent, what)
             raise
         finally:
-            await _close(events)
+            provider.in_flight -= 1
+            if events is not None:
+                await _close(events)
+
+
+async def _prepend(first: str | None, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    try:
+        if first is not None:
+            yield first
+        async for text in rest:
+            yield text
+    finally:
+        await _close(rest)
 
 
 async def _close(events: Any) -> None:
