@@ -6,8 +6,9 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import httpx
 import msgspec
@@ -15,14 +16,24 @@ from litestar import Litestar, Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException
 from litestar.handlers import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    Reference,
+    RequestBody,
+    Schema,
+)
 from litestar.response import Stream
 
 from css_core import __version__
 from css_core.codec import encode_result
 from css_core.config import Settings, load_settings
-from css_core.errors import CSSError, Unauthorized
+from css_core.errors import CSSError, PayloadTooLarge, Unauthorized
 from css_core.job import decode_job
-from css_core.messages import ErrorBody, JobLocation, OffchainOutput, OnchainOutput
+from css_core.messages import ErrorBody, JobLocation, OffchainOutput, OffchainRequest, OnchainOutput
 from css_core.plugins import Registry, build_registry
 from css_core.resources import SERVICE_ID, is_supported, service_resources
 from css_core.workflow import Workflow
@@ -30,6 +41,7 @@ from css_core.workflow import Workflow
 __all__ = ("Service", "create_app", "error_response")
 
 JSON = "application/json"
+TEXT = "text/plain; charset=utf-8"
 logger = logging.getLogger("css_core.app")
 _encode = msgspec.json.Encoder().encode
 
@@ -63,6 +75,12 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
     return error_response(exc.status_code, exc.detail, exc.headers)
 
 
+def _too_large(request: Request[Any, Any, Any], _: HTTPException) -> Response[bytes]:
+    limit = _service(request).settings.max_body_bytes
+    message = f"the request body is larger than this service's limit of {limit} bytes (CSS_MAX_BODY_BYTES)"
+    return _css_error(request, PayloadTooLarge(message))
+
+
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     logger.error("unexpected error on %s %s: %r", request.method, request.url.path, exc, exc_info=exc)
     return error_response(500, "internal error in the service; its log has the details")
@@ -85,14 +103,74 @@ def _bearer_guard(token: str) -> Any:
     return guard
 
 
-@get("/", media_type=JSON)
+# -- the OpenAPI description (served at /schema/openapi.json) ---------------------------------------------------
+
+
+class _JobBody(msgspec.Struct):
+    """The body of `POST /service_output` as the schema shows it; the handler decodes it itself (`decode_job`)."""
+
+    source: Annotated[Literal[0, 1], msgspec.Meta(description="0: on-chain (`data` is hex), 1: off-chain")]
+    destination: Annotated[Literal[0, 1, 2], msgspec.Meta(description="0: on-chain, 1: off-chain, 2: stream")]
+    data: OffchainRequest | Annotated[str, msgspec.Meta(
+        pattern="^(0x)?([0-9a-fA-F]{2})*$",
+        description="on-chain: abi.encode(uint8 provider, uint8 endpoint, string model, (string,string)[]), as hex",
+    )]
+    requires_proof: bool | None = False
+
+
+def _inline(node: Any, definitions: dict[str, Any]) -> Any:
+    """A JSON Schema with its `$ref`s to `definitions` replaced by what they name (there are no cycles)."""
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline(definitions[node["$ref"].rsplit("/", 1)[1]], definitions)
+        return {key: _inline(value, definitions) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(value, definitions) for value in node]
+    return node
+
+
+@dataclass
+class _ServiceOutputOperation(Operation):
+    """`/service_output` reads its raw body (one msgspec decode, this service's own error messages), so
+    Litestar sees no `data` to describe: the request body, the stream's media type and `Retry-After` are
+    added here."""
+
+    def __post_init__(self) -> None:
+        (job,), definitions = msgspec.json.schema_components([_JobBody])
+        job = _inline(job, definitions)
+        schema = Schema(type=OpenAPIType.OBJECT, properties=job["properties"], required=job["required"])
+        self.request_body = RequestBody(content={JSON: OpenAPIMediaType(schema=schema)}, required=True)
+        responses = self.responses or {}
+        if (ok := responses.get("200")) is not None and not isinstance(ok, Reference) and ok.content:
+            ok.content["text/plain"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+        if (busy := responses.get("503")) is not None and not isinstance(busy, Reference):
+            busy.headers = {"Retry-After": OpenAPIHeader(schema=Schema(type=OpenAPIType.INTEGER), required=True)}
+
+
+def _errors(*statuses: int) -> dict[int, ResponseSpec]:
+    return {
+        status: ResponseSpec(ErrorBody, description=f"{HTTPStatus(status).phrase}: `description` says why",
+                             generate_examples=False)
+        for status in statuses
+    }
+
+
+_JSON_OBJECT = ResponseSpec(dict[str, Any], description="a JSON object", generate_examples=False)
+_RESULT: Any = OffchainOutput | OnchainOutput  # documented as `oneOf` (ResponseSpec's type hints miss unions)
+
+
+# -- the routes ---------------------------------------------------------------------------------------------
+
+
+@get("/", media_type=JSON, responses={200: _JSON_OBJECT})
 async def index(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(_service(request).index, media_type=JSON)
 
 
-@get("/service-resources", media_type=JSON)
-async def resources(request: Request[Any, Any, Any], model_id: str | None = None) -> Response[bytes]:
+@get("/service-resources", media_type=JSON, responses={200: _JSON_OBJECT, **_errors(401)})
+async def resources(request: Request[Any, Any, Any]) -> Response[bytes]:
     service = _service(request)
+    model_id = request.query_params.get("model_id")  # read here: Litestar deprecates inferred query params
     if model_id is None:
         return Response(service.resources, media_type=JSON)
     return Response(_encode({"supported": is_supported(service.registry, model_id)}), media_type=JSON)
@@ -103,13 +181,24 @@ async def _utf8(chunks: AsyncIterator[str]) -> AsyncIterator[bytes]:
         yield chunk.encode()
 
 
-@post("/service_output", status_code=200, media_type=JSON)
+@post(
+    "/service_output",
+    status_code=200,
+    media_type=JSON,
+    operation_class=_ServiceOutputOperation,
+    responses={
+        200: ResponseSpec(_RESULT, description="the result, in the shape of the destination (JSON off-chain or "
+                          "on-chain, raw text for a stream)", generate_examples=False),
+        **_errors(400, 401, 413, 502, 503, 504),
+    },
+)
 async def service_output(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
     service = _service(request)
     job = decode_job(await request.body(), service.registry, service.settings)
     if job.destination is JobLocation.STREAM:
         chunks = await service.workflow.stream(job.request)
-        return Stream(_utf8(chunks), media_type="text/plain; charset=utf-8")
+        # the header, not `media_type`: Litestar lets the handler's media type (JSON) override a Stream's
+        return Stream(_utf8(chunks), media_type=TEXT, headers={"content-type": TEXT})
     result = await service.workflow.run(job.request)
     if job.destination is JobLocation.ONCHAIN:
         assert isinstance(result, str)  # decode_job refuses embeddings on-chain
@@ -138,6 +227,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         route_handlers=[index, Router("/", route_handlers=[resources, service_output], guards=guards)],
         request_max_body_size=settings.max_body_bytes,
         lifespan=[lifespan],
-        exception_handlers={CSSError: _css_error, HTTPException: _http_error, Exception: _internal_error},
+        exception_handlers={
+            CSSError: _css_error, HTTPException: _http_error, 413: _too_large, Exception: _internal_error
+        },
         logging_config=None,
+        openapi_config=OpenAPIConfig(title=SERVICE_ID, version=__version__),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from urllib.parse import urlsplit
@@ -98,8 +99,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
     host, port = args.bind
-    options = dict(host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=settings.shutdown_grace,
-                   lifespan="on", server_header=False)
+    options = dict(host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                   timeout_graceful_shutdown=settings.shutdown_grace, server_header=False)
+    # after a graceful stop uvicorn raises the SIGTERM again: exit 0 then, as the multi-worker supervisor does
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.workers == 1:
         from css_core.app import create_app
 

@@ -42,8 +42,32 @@ def decode_hex(data: str) -> bytes:
         raise InvalidJob("on-chain data must be a hex string (with or without 0x) of even length") from None
 
 
+def _claimed_string_bytes(raw: bytes) -> int:
+    """The bytes the strings of `raw` would decode to, read from its offsets and lengths only.
+
+    ABI offsets may point at the same bytes many times, so a few kB of input could decode
+    to gigabytes of strings. What `abi.encode` produces never claims more than its own
+    length. An offset outside `raw` counts as 0: `decode` reports it.
+    """
+
+    def word(at: int) -> int:
+        return int.from_bytes(raw[at : at + 32], "big") if 0 <= at <= len(raw) - 32 else 0
+
+    total = word(word(64))  # the model's length
+    frame = word(96) + 32  # the messages: their count, then one offset per (role, content)
+    for i in range(min(word(frame - 32), max(0, len(raw) - frame) // 32)):
+        pair = frame + word(frame + 32 * i)
+        total += word(pair + word(pair)) + word(pair + word(pair + 32))
+    return total
+
+
 def decode_request(raw: bytes) -> OnchainRequest:
     """Decode an on-chain request; any malformed input is an `InvalidJob`."""
+    if (claimed := _claimed_string_bytes(raw)) > len(raw):
+        raise InvalidJob(
+            f"on-chain data is not what abi.encode produces: its offsets and lengths claim {claimed} bytes "
+            f"of strings in {len(raw)} bytes of data"
+        )
     try:
         provider_id, endpoint_id, model, pairs = decode(_REQUEST_TYPES, raw)
     except (DecodingError, ValueError, OverflowError, UnicodeDecodeError) as exc:

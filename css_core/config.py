@@ -16,6 +16,12 @@ default 512), `CSS_BEARER_TOKEN` (when set, `/service_output` and `/service-reso
 require `Authorization: Bearer <token>`) and `CSS_SHUTDOWN_GRACE` (seconds calls in
 flight may take to finish after SIGTERM, default 30).
 
+A provider's model catalogue (what `/service-resources` lists and calls supported) is its
+plugin's, unless `CSS_MODELS`, a JSON object `{"PROVIDER": ["model", ...]}`, replaces it
+for the providers it names; `CSS_EXTRA_MODELS`, of the same shape, then adds models to
+it. Provider names match in any case. A job may still name any model: the catalogue is
+only what the node advertises.
+
 A variable that does not parse raises `ConfigError` naming it and what it expected.
 """
 
@@ -24,7 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -60,6 +66,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_in_flight: int = 512
     bearer_token: str | None = None
     shutdown_grace: float = 30.0
+    models: dict[str, tuple[str, ...]] = {}  # by upper-case provider name: replaces its catalogue
+    extra_models: dict[str, tuple[str, ...]] = {}  # ... and extends it
 
     def __repr__(self) -> str:
         # `environ` holds the API keys: never let a repr carry them into a log
@@ -157,6 +165,15 @@ def _jitter(value: Any, name: str) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
+_CATALOGUE = dict[str, list[Annotated[str, msgspec.Meta(min_length=1)]]]
+
+
+def _catalogues(environ: Mapping[str, str], name: str) -> dict[str, tuple[str, ...]]:
+    expected = 'a JSON object {"PROVIDER": ["model", ...]}'
+    catalogues = _json(environ, name, expected, _CATALOGUE) or {}
+    return {provider.upper(): tuple(models) for provider, models in catalogues.items()}
+
+
 def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
     """Read and validate the whole configuration."""
     env = dict(read_dotenv(dotenv)) if dotenv is not None else {}
@@ -200,4 +217,6 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         retry=RetryPolicy(**retry),
         request_timeout=60.0 if timeout is None else float(timeout),
         job_deadline=150.0 if deadline is None else float(deadline),
+        models=_catalogues(env, "CSS_MODELS"),
+        extra_models=_catalogues(env, "CSS_EXTRA_MODELS"),
     )

@@ -18,7 +18,7 @@ from css_core.types import PreparedCall
 
 __all__ = ("css_call", "css_call_stream", "error_message", "retry_after_seconds")
 
-_MAX_MESSAGE = 500  # a provider's error text passed on to the caller is cut to this length
+_MAX_MESSAGE = 4096  # a provider's error text is kept to this length (the workflow cuts it shorter)
 
 
 class _ErrorDetail(msgspec.Struct):

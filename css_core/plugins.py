@@ -25,6 +25,8 @@ __all__ = ("ENTRY_POINT_GROUP", "PluginInfo", "Provider", "Registry", "build_reg
 ENTRY_POINT_GROUP = "css_inference_service"
 _PER_JOB_HOOKS = ("css_encode_params", "css_call", "css_call_stream", "css_postprocess", "css_parse_stream_event")
 logger = logging.getLogger("css_core")
+# the on-chain ids of the providers this project ships (DESIGN.md), to name one whose plugin is missing
+_SHIPPED_PROVIDERS = {0: "OPENAI", 1: "GOOSEAI", 2: "PERPLEXITYAI"}
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,11 @@ class PluginInfo:
 
 @dataclass
 class Provider:
-    """A provider as one worker serves it: its spec, where to call it, and its hooks."""
+    """A provider as one worker serves it: its spec, where to call it, and its hooks.
+
+    `models` is its effective catalogue: the plugin's, as `CSS_MODELS` / `CSS_EXTRA_MODELS`
+    replace or extend it.
+    """
 
     spec: ProviderSpec
     plugin: PluginInfo
@@ -50,11 +56,18 @@ class Provider:
     headers: dict[str, str] = field(repr=False)
     # per-job hooks, restricted to this provider's plugin (and provider-less plugins)
     hooks: Mapping[str, Callable[..., Any]] = field(repr=False, default_factory=dict)
+    models: tuple[str, ...] = ()
     in_flight: int = 0  # calls this worker has open to the provider now
 
     @property
     def served(self) -> bool:
         return self.api_key is not None
+
+    @property
+    def streams(self) -> bool:
+        """Whether a plugin reads this provider's streamed events (`css_parse_stream_event`)."""
+        hook = self.hooks.get("css_parse_stream_event")
+        return isinstance(hook, pluggy.HookCaller) and bool(hook.get_hookimpls())
 
     def unavailable_reason(self) -> str:
         return f"{self.spec.api_key_env} is not set"
@@ -110,7 +123,9 @@ class Registry:
     def by_onchain_id(self, provider_id: int) -> Provider:
         provider = self._by_onchain_id.get(provider_id)
         if provider is None:
-            raise ProviderNotAvailable(f"no provider with on-chain id {provider_id} is installed{self._installed()}")
+            name = _SHIPPED_PROVIDERS.get(provider_id)
+            which = f"on-chain id {provider_id}" + (f" ({name})" if name else "")
+            raise ProviderNotAvailable(f"no provider with {which} is installed{self._installed()}")
         return provider
 
     def _installed(self) -> str:
@@ -124,6 +139,12 @@ def _base_url(spec: ProviderSpec, settings: Settings) -> str:
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"{variable} must be an http:// or https:// URL, got {url!r}")
     return url
+
+
+def _catalogue(spec: ProviderSpec, settings: Settings) -> tuple[str, ...]:
+    name = spec.name.upper()
+    models = (*settings.models.get(name, spec.models), *settings.extra_models.get(name, ()))
+    return tuple(dict.fromkeys(models))  # without duplicates, in order
 
 
 def build_registry(
@@ -154,11 +175,14 @@ def build_registry(
             continue
         if spec is not None:
             if not 0 <= spec.onchain_id <= 255:
-                raise ConfigError(f"{info}: on-chain id of {spec.name} must be 0-255, got {spec.onchain_id}")
+                raise ConfigError(
+                    f"plugin {name!r} from {info}: on-chain id of {spec.name} must be 0-255, got {spec.onchain_id}"
+                )
             for _, other, other_info in owners:
                 if other.name.upper() == spec.name.upper() or other.onchain_id == spec.onchain_id:
                     raise ConfigError(
-                        f"{other_info} and {info} both claim provider {spec.name!r} "
+                        f"plugin {other_info.name!r} from {other_info} and plugin {name!r} from {info} "
+                        f"both claim provider {spec.name!r} "
                         f"(on-chain ids {other.onchain_id} and {spec.onchain_id}); uninstall one of them"
                     )
             owners.append((impl.plugin, spec, info))
@@ -171,5 +195,10 @@ def build_registry(
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
         hooks = {name: pm.subset_hook_caller(name, remove_plugins=others) for name in _PER_JOB_HOOKS}
-        providers.append(Provider(spec, info, _base_url(spec, settings), api_key, headers, hooks))
+        models = _catalogue(spec, settings)
+        providers.append(Provider(spec, info, _base_url(spec, settings), api_key, headers, hooks, models))
+    names = {spec.name.upper() for _, spec, _ in owners}
+    for variable, catalogues in (("CSS_MODELS", settings.models), ("CSS_EXTRA_MODELS", settings.extra_models)):
+        if unknown := sorted(set(catalogues) - names):
+            logger.warning("%s names providers that are not installed: %s", variable, ", ".join(unknown))
     return Registry(sorted(providers, key=lambda p: p.spec.onchain_id), errors)

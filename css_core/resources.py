@@ -52,7 +52,7 @@ def _disk_info() -> list[dict[str, Any]]:
 def service_resources(registry: Registry) -> dict[str, Any]:
     """Read once at start-up: the hardware, and the models of the providers served."""
     models = [
-        {"owner": p.spec.name, "name": model} for p in registry.providers if p.served for model in p.spec.models
+        {"owner": p.spec.name, "name": model} for p in registry.providers if p.served for model in p.models
     ]
     return {
         "version": "0.1.0",
@@ -77,4 +77,4 @@ def is_supported(registry: Registry, model_id: str) -> bool:
         provider = registry.by_name(owner)
     except ProviderNotAvailable:
         return False
-    return provider.served and name in provider.spec.models
+    return provider.served and name in provider.models

@@ -36,6 +36,7 @@ __all__ = ("Workflow",)
 T = TypeVar("T")
 logger = logging.getLogger("css_core.workflow")
 _UNREADABLE = (msgspec.DecodeError, msgspec.ValidationError, KeyError, IndexError, TypeError, ValueError)
+_MAX_DETAIL = 500  # a provider's error text passed on to the caller is cut to this length
 
 
 def _describe(exc: BaseException) -> str:
@@ -64,8 +65,10 @@ class _Job:
         self.attempts = 0
 
     def scrub(self, text: str) -> str:
+        """`text` without the API key, then cut short (in this order: no piece of a cut key is left)."""
         key = self.provider.api_key
-        return text.replace(key, "***") if key else text
+        text = text.replace(key, "***") if key else text
+        return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL] + "…"
 
     def failure(self, exc: BaseException) -> Exception:
         name, attempts = self.provider.spec.name, self.attempts
@@ -107,6 +110,8 @@ class Workflow:
             raise InvalidJob(
                 f"{spec.name} has no {request.endpoint!r} endpoint (it serves: {', '.join(spec.endpoints)})"
             )
+        if request.stream and not provider.streams:
+            raise InvalidJob(f"{spec.name} cannot stream: its plugin does not implement css_parse_stream_event")
         call = provider.hooks["css_encode_params"](spec=spec, request=request)
         if call is None:
             raise InvalidJob(f"{spec.name} cannot encode a {request.endpoint!r} request")

@@ -36,7 +36,7 @@ def client(double: ProviderDouble) -> Iterator[httpx.Client]:
 
 
 def sse_payloads(lines: Iterator[str]) -> list[str]:
-    return [line[len("data: "):] for line in lines if line.startswith("data: ")]
+    return [line[len("data: ") :] for line in lines if line.startswith("data: ")]
 
 
 def test_key_check_and_recording(double: ProviderDouble, client: httpx.Client) -> None:
@@ -49,8 +49,8 @@ def test_key_check_and_recording(double: ProviderDouble, client: httpx.Client) -
     invalid = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert invalid.status_code == 400 and "error" in invalid.json()
 
-    assert [(r.method, r.path) for r in double.requests] == [("POST", "/v1/chat/completions")] * 2 + [
-        ("POST", "/v1/nothing/here"), ("POST", "/v1/chat/completions")]
+    paths = ["/v1/chat/completions", "/v1/chat/completions", "/v1/nothing/here", "/v1/chat/completions"]
+    assert [(r.method, r.path) for r in double.requests] == [("POST", path) for path in paths]
     first = double.requests[0]
     assert first.headers["authorization"] == "Bearer nope" and first.json == CHAT
     assert double.requests[-1].body == b"{not json" and double.requests[-1].json is None
@@ -99,6 +99,17 @@ def test_streams_reassemble(double: ProviderDouble, client: httpx.Client) -> Non
     assert double.wait_for_streams(2) == ["completed", "completed"]
 
 
+def test_keep_alive(client: httpx.Client) -> None:
+    def peer(response: httpx.Response) -> object:
+        return response.extensions["network_stream"].get_extra_info("client_addr")
+
+    first = client.post("/v1/chat/completions", json=CHAT)
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as streamed:
+        streamed.read()
+    last = client.post("/v1/embeddings", json={"model": "e", "input": "x"})
+    assert peer(first) == peer(streamed) == peer(last)  # one connection for all three
+
+
 def test_status_and_delay_faults(double: ProviderDouble, client: httpx.Client) -> None:
     double.script(Fault.status(429, retry_after="2"), Fault.status(503, body=b"upstream down"), Fault.delay(0.2))
     limited = client.post("/v1/chat/completions", json=CHAT)
@@ -130,11 +141,11 @@ def test_hang_malformed_and_reset(double: ProviderDouble, client: httpx.Client) 
 def test_cut_stream(double: ProviderDouble, client: httpx.Client) -> None:
     double.script(Fault.cut_stream(2))
     received: list[str] = []
-    with pytest.raises(httpx.RemoteProtocolError):
-        with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
-            assert resp.status_code == 200
-            for line in resp.iter_lines():
-                received.append(line)
+    stream = client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True})
+    with pytest.raises(httpx.RemoteProtocolError), stream as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            received.append(line)
     payloads = sse_payloads(iter(received))
     assert len(payloads) == 3 and "[DONE]" not in payloads  # the role event and two content events
     assert double.wait_for_streams(1) == ["cut"]

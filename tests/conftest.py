@@ -1,0 +1,279 @@
+"""Fixtures: the provider double, and the real service on a loopback port in front of it.
+
+Two ways to run the service, both over real sockets:
+
+- `serve(env)`: the Litestar app from `create_app(load_settings(environ=env), ...)` under
+  uvicorn in a background thread of this process; fast, so each test picks its own
+  configuration (see `service_env` for the defaults: fast retries, the double's key).
+- `launch(env)`: the `css-inference-service` command line in a subprocess, exactly as the
+  node starts it (`--bind=127.0.0.1:PORT --workers=2`).
+
+The helpers below the fixtures build job bodies and read answers; test modules import them
+from here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pluggy
+import pytest
+import uvicorn
+from hypothesis import settings as hypothesis_settings
+
+from css_core.app import create_app
+from css_core.codec import encode_request
+from css_core.config import load_settings
+from css_core.messages import JobLocation
+from css_core.plugins import build_registry, plugin_manager
+from css_core.types import Message
+from tests.provider_double import ProviderDouble
+
+KEY = "sk-test-double-key"
+OFFCHAIN, ONCHAIN, STREAM = JobLocation.OFFCHAIN.value, JobLocation.ONCHAIN.value, JobLocation.STREAM.value
+EXECUTABLE = str(Path(sys.executable).with_name("css-inference-service"))
+SERVICE_VARIABLE_PREFIXES = ("OPENAI_", "PERPLEXITYAI_", "GOOSEAI_", "CSS_", "RETRY_PARAMS")
+
+# a loaded CI machine must not turn a slow example into a failure: no per-example deadline
+hypothesis_settings.register_profile("css", deadline=None)
+hypothesis_settings.load_profile("css")
+
+
+# -- the provider double -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def provider_server() -> Iterator[ProviderDouble]:
+    with ProviderDouble(api_key=KEY) as provider:
+        yield provider
+
+
+@pytest.fixture
+def double(provider_server: ProviderDouble) -> Iterator[ProviderDouble]:
+    """The session's double, with no requests, streams, faults or settings left from other tests."""
+    provider_server.reset()
+    provider_server.api_key = KEY  # a test may change it; `reset()` does not restore it
+    yield provider_server
+    provider_server.reset()
+    provider_server.api_key = KEY
+
+
+def service_env(double: ProviderDouble, **overrides: str | None) -> dict[str, str]:
+    """The service's environment against `double`: its key, short retry waits, no jitter.
+
+    An override of `None` removes the variable (e.g. `OPENAI_API_KEY=None`).
+    """
+    env: dict[str, str | None] = {
+        "OPENAI_API_KEY": KEY,
+        "OPENAI_BASE_URL": f"{double.url}/v1",
+        "CSS_REQUEST_DELAY": "0.01",
+        "CSS_REQUEST_JITTER": "[0, 0]",
+        "CSS_REQUEST_TIMEOUT": "5",
+        **overrides,
+    }
+    return {name: value for name, value in env.items() if value is not None}
+
+
+# -- the service in this process -----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class InProcessServer:
+    """uvicorn serving one app in a daemon thread, on a socket bound before it starts."""
+
+    def __init__(self, app: Any) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def start(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the in-process service did not start")
+            time.sleep(0.005)
+        return self.url
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.socket.close()
+
+
+PluginSetup = tuple[pluggy.PluginManager, dict[str, Any], list[str]]
+
+
+@pytest.fixture(scope="session")
+def _servers() -> Iterator[dict[object, InProcessServer]]:
+    """Every in-process service of the session, by configuration; all stopped at its end."""
+    servers: dict[object, InProcessServer] = {}
+    yield servers
+    for server in servers.values():
+        server.server.should_exit = True
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture
+def serve(_servers: dict[object, InProcessServer]) -> Callable[..., str]:
+    """`serve(env, plugins=None) -> base_url`: the real app on a loopback port.
+
+    `plugins` is what `plugin_manager()` returns; by default the installed plugins. A
+    service holds no state between jobs, so one started with the same environment (and the
+    installed plugins) by an earlier test is reused.
+    """
+
+    def start(env: Mapping[str, str], plugins: PluginSetup | None = None) -> str:
+        key: object = tuple(sorted(env.items())) if plugins is None else object()
+        if key not in _servers:
+            settings = load_settings(environ=env, dotenv=None)
+            registry = build_registry(settings, *(plugins or plugin_manager()))
+            _servers[key] = InProcessServer(create_app(settings, registry))
+            _servers[key].start()
+        return _servers[key].url
+
+    return start
+
+
+@pytest.fixture
+def service(double: ProviderDouble, serve: Callable[..., str]) -> Callable[..., str]:
+    """`service(**overrides) -> base_url`: the app against the double (see `service_env`)."""
+
+    def start(**overrides: str | None) -> str:
+        return serve(service_env(double, **overrides))
+
+    return start
+
+
+@pytest.fixture
+def url(service: Callable[..., str]) -> str:
+    """The base URL of a service with the default test configuration."""
+    return service()
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=15, trust_env=False) as client:
+        yield client
+
+
+# -- the service as the node starts it ---------------------------------------------------------------
+
+
+@dataclass
+class Launched:
+    url: str
+    process: subprocess.Popen[str]
+
+    def stop(self) -> str:
+        """Stop the service (SIGTERM) and return everything it logged."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            output, _ = self.process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            output, _ = self.process.communicate()
+        return output
+
+
+def command_env(env: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment without any of the service's variables, plus `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(SERVICE_VARIABLE_PREFIXES)}
+    return {**clean, **env}
+
+
+def run_command(*args: str, env: Mapping[str, str], cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """Run `css-inference-service ARGS` to completion (for commands that exit)."""
+    return subprocess.run([EXECUTABLE, *args], env=command_env(env), cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
+    """`launch(env, workers=2) -> Launched`: run the command line until `GET /` answers.
+
+    It runs in an empty directory, so no `.env` is read; it is stopped at teardown.
+    """
+    started: list[Launched] = []
+
+    def start(env: Mapping[str, str], workers: int = 2) -> Launched:
+        port = free_port()
+        process = subprocess.Popen(
+            [EXECUTABLE, f"--bind=127.0.0.1:{port}", f"--workers={workers}"], env=command_env(env), cwd=tmp_path,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        started.append(service := Launched(f"http://127.0.0.1:{port}", process))
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"css-inference-service exited with {process.returncode}:\n{service.stop()}")
+            try:
+                if httpx.get(service.url + "/", timeout=1, trust_env=False).status_code == 200:
+                    return service
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"css-inference-service did not answer GET /:\n{service.stop()}")
+            time.sleep(0.05)
+
+    yield start
+    for service in started:
+        service.stop()
+
+
+# -- jobs ------------------------------------------------------------------------------------------
+
+
+def chat(content: str = "hi", model: str = "gpt-4", **fields: Any) -> dict[str, Any]:
+    """An off-chain completion request object (`fields` adds or overrides top-level keys)."""
+    return {"provider": "OPENAI", "endpoint": "completions", "model": model,
+            "params": {"endpoint": "completions", "messages": [{"role": "user", "content": content}]}, **fields}
+
+
+def onchain_hex(content: str = "hi", model: str = "gpt-4", provider_id: int = 0, endpoint_id: int = 0) -> str:
+    """What a contract sends: the ABI-encoded request, as bare hex."""
+    return encode_request(provider_id, endpoint_id, model, (Message("user", content),)).hex()
+
+
+def job(data: Any, *, source: int = OFFCHAIN, destination: int = OFFCHAIN, **fields: Any) -> dict[str, Any]:
+    return {"source": source, "destination": destination, "data": data, "requires_proof": False, **fields}
+
+
+def post_job(http: httpx.Client, url: str, body: Any) -> httpx.Response:
+    return http.post(f"{url}/service_output", json=body)
+
+
+def assert_error(response: httpx.Response, status: int, *fragments: str) -> str:
+    """The answer is the JSON error shape with `status`; its description holds `fragments`."""
+    assert response.status_code == status, response.text
+    assert KEY not in response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"code", "name", "description"}, body
+    assert body["code"] == str(status)
+    assert isinstance(body["name"], str) and body["name"]
+    description: str = body["description"]
+    for fragment in fragments:
+        assert fragment in description, description
+    return description

@@ -1,0 +1,195 @@
+"""Security: the bearer token is enforced, keys never leak, provider error text is bounded."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from tests.conftest import (
+    ONCHAIN,
+    STREAM,
+    Launched,
+    assert_error,
+    chat,
+    job,
+    onchain_hex,
+    post_job,
+    run_command,
+    service_env,
+)
+from tests.helpers import requires_plugin
+from tests.provider_double import Fault, ProviderDouble
+from tests.test_bad_input import CASES, MAX_BODY, MAX_MESSAGES, send
+
+pytestmark = requires_plugin("css_openai")
+TOKEN = "tok-BEARERCHECK-d41e"
+LEAK_KEY = "sk-LEAKCHECK-7f3a9"
+TRIES = 2
+MAX_DESCRIPTION = 1024
+
+
+def provider_error(message: str) -> bytes:
+    return msgspec.json.encode({"error": {"message": message, "type": "invalid_request_error", "code": None}})
+
+
+# -- the bearer token ----------------------------------------------------------------------------------
+
+
+def call(http: httpx.Client, url: str, path: str, authorization: str | None) -> httpx.Response:
+    headers = {} if authorization is None else {"authorization": authorization}
+    if path == "/service_output":
+        return http.post(url + path, json=job(chat()), headers=headers)
+    return http.get(url + path, headers=headers)
+
+
+GUARDED = ["/service_output", "/service-resources", "/service-resources?model_id=OPENAI/gpt-4"]
+REFUSED = {
+    "missing": None,
+    "empty": "",
+    "wrong-token": "Bearer not-the-token",
+    "token-without-scheme": TOKEN,
+    "basic-scheme": f"Basic {TOKEN}",
+    "token-prefix": f"Bearer {TOKEN[:-1]}",
+    "token-with-suffix": f"Bearer {TOKEN}x",
+    "scheme-only": "Bearer",
+}
+
+
+@pytest.mark.parametrize("path", GUARDED)
+@pytest.mark.parametrize("authorization", list(REFUSED.values()), ids=list(REFUSED))
+def test_a_missing_or_wrong_token_is_a_401(
+    double: ProviderDouble, service: Callable[..., str], http: httpx.Client, path: str, authorization: str | None
+) -> None:
+    url = service(CSS_BEARER_TOKEN=TOKEN)
+    description = assert_error(call(http, url, path, authorization), 401, "Authorization: Bearer")
+    assert TOKEN not in description
+    assert double.requests == []  # refused before any provider call
+
+
+@pytest.mark.parametrize("path", GUARDED)
+def test_the_right_token_is_served(service: Callable[..., str], http: httpx.Client, path: str) -> None:
+    url = service(CSS_BEARER_TOKEN=TOKEN)
+    assert call(http, url, path, f"Bearer {TOKEN}").status_code == 200
+
+
+def test_the_token_is_checked_before_the_body_is_read(service: Callable[..., str], http: httpx.Client) -> None:
+    url = service(CSS_BEARER_TOKEN=TOKEN, CSS_MAX_BODY_BYTES="1000")
+    assert_error(http.post(f"{url}/service_output", content=b"x" * 10_000), 401)
+
+
+def test_index_is_open_with_a_token_set(service: Callable[..., str], http: httpx.Client) -> None:
+    assert http.get(service(CSS_BEARER_TOKEN=TOKEN) + "/").status_code == 200
+
+
+@pytest.mark.parametrize("path", GUARDED)
+def test_no_token_set_means_no_check(url: str, http: httpx.Client, path: str) -> None:
+    assert call(http, url, path, None).status_code == 200
+    assert call(http, url, path, "Bearer anything").status_code == 200
+
+
+# -- provider error text passed on is bounded ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("status", "expected"), [(400, 400), (500, 502)])
+def test_a_huge_provider_error_is_cut_short(
+    double: ProviderDouble, url: str, http: httpx.Client, caplog: pytest.LogCaptureFixture, status: int, expected: int
+) -> None:
+    huge = "The provider explains at length. " + "blah " * 20_000  # 100 kB
+    double.script(*[Fault.status(status, body=provider_error(huge))] * 3)
+    with caplog.at_level(logging.INFO):
+        description = assert_error(post_job(http, url, job(chat())), expected, "The provider explains at length.")
+    assert len(description) <= MAX_DESCRIPTION
+    assert caplog.records and all(len(record.getMessage()) <= 2 * MAX_DESCRIPTION for record in caplog.records)
+
+
+# -- keys never leak: a failing service, as the node runs it, with all its output read ------------------------
+
+
+class Scenario:
+    """Jobs against one launched service; keeps every answer (status, headers, body) it got."""
+
+    def __init__(self, url: str, double: ProviderDouble, http: httpx.Client) -> None:
+        self.url, self.double, self.http = url, double, http
+        self.answers: list[str] = []
+
+    def post(self, body: Any, *faults: Fault, status: int) -> None:
+        self.double.script(*faults)
+        response = self.http.post(f"{self.url}/service_output", json=body)
+        self.keep(response)
+        assert response.status_code == status, response.text
+
+    def stream_cut(self, *faults: Fault) -> None:
+        self.double.script(*faults)
+        received = bytearray()
+        with self.http.stream("POST", f"{self.url}/service_output", json=job(chat(), destination=STREAM)) as response:
+            self.keep(response, body=False)
+            with pytest.raises(httpx.RemoteProtocolError):
+                for chunk in response.iter_bytes():
+                    received += chunk
+        self.answers.append(received.decode("utf-8", "replace"))
+
+    def keep(self, response: httpx.Response, body: bool = True) -> None:
+        self.answers.append(f"{response.status_code} {response.headers!r}")
+        if body:
+            self.answers.append(response.text)
+
+
+def leaks(text: str, secret: str, window: int = 8) -> list[str]:
+    """Every piece of `secret` of `window` characters that `text` holds (a cut key still leaks)."""
+    return [secret[i : i + window] for i in range(len(secret) - window + 1) if secret[i : i + window] in text]
+
+
+def test_keys_never_leak_into_answers_or_logs(
+    double: ProviderDouble, launch: Callable[..., Launched], http: httpx.Client, tmp_path: Path
+) -> None:
+    double.api_key = LEAK_KEY
+    env = service_env(double, OPENAI_API_KEY=LEAK_KEY, CSS_BEARER_TOKEN=TOKEN, CSS_REQUEST_TRIES=str(TRIES),
+                      CSS_REQUEST_TIMEOUT="0.3", CSS_REQUEST_DELAY="0", CSS_MAX_MESSAGES=str(MAX_MESSAGES),
+                      CSS_MAX_BODY_BYTES=str(MAX_BODY))
+    service = launch(env, workers=1)
+    with httpx.Client(timeout=15, trust_env=False, headers={"authorization": f"Bearer {TOKEN}"}) as authorized:
+        run = Scenario(service.url, double, authorized)
+        fail_in_every_way(run)
+    run.keep(http.get(f"{service.url}/service-resources"))  # no token
+    listing = run_command("plugins", env=env, cwd=tmp_path)
+    logs = service.stop()
+    assert "job failed" in logs and "retrying" in logs and "stream ended" in logs  # the failures were logged
+    for secret in (LEAK_KEY, TOKEN):
+        assert leaks(logs, secret) == [], logs
+        assert leaks(listing.stdout + listing.stderr, secret) == []
+        for answer in run.answers:
+            assert leaks(answer, secret) == [], answer
+
+
+def fail_in_every_way(run: Scenario) -> None:
+    """Provider errors that echo the key, exhausted retries, timeouts, resets, bad answers, cut streams, bad input."""
+    double = run.double
+    echo = provider_error(f"Incorrect API key provided: {LEAK_KEY}. You can find your API key at ...")
+    echo_at_the_cut = provider_error("x" * (500 - len(LEAK_KEY) // 2) + LEAK_KEY)
+    run.post(job(chat()), Fault.status(401, body=echo), status=502)
+    run.post(job(chat()), Fault.status(400, body=echo), status=400)
+    run.post(job(chat()), Fault.status(400, body=echo_at_the_cut), status=400)
+    run.post(job(chat()), Fault.status(422, body=LEAK_KEY.encode()), status=400)  # a plain-text body
+    run.post(job(chat()), Fault.status(429, retry_after="0", body=echo), status=200)
+    run.post(job(chat()), *[Fault.status(500, body=echo)] * TRIES, status=502)
+    run.post(job(chat(), destination=STREAM), *[Fault.status(503, body=echo)] * TRIES, status=502)
+    run.post(job(onchain_hex(), source=ONCHAIN, destination=ONCHAIN), *[Fault.hang(2)] * TRIES, status=502)
+    run.post(job(chat()), *[Fault.reset()] * TRIES, status=502)
+    run.post(job(chat()), *[Fault.malformed_json()] * TRIES, status=502)
+    run.post(job(chat()), Fault.cut_stream(0), Fault.cut_stream(0), status=502)
+    run.stream_cut(Fault.cut_stream(1))
+    double.api_key = "another-key"  # the provider now refuses the service's key, with its own message
+    run.post(job(chat()), status=502)
+    double.api_key = LEAK_KEY
+    for case in CASES:
+        response = send(run.http, run.url, case)
+        run.keep(response)
+        assert 400 <= response.status_code < 500, response.text
+    for path in ("/", "/service-resources", "/service-resources?model_id=OPENAI/gpt-4"):
+        run.keep(run.http.get(run.url + path))
