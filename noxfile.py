@@ -24,7 +24,7 @@ RUFF = "ruff>=0.17,<0.18"
 MYPY = "mypy>=2.4,<2.5"
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["tests", "lint", "types", "compat"]
+nox.options.sessions = ["tests", "plugin", "bare", "lint", "types", "compat"]
 # A missing interpreter: nox tries to install it with uv; failing that, it is an error when
 # CI is set (the matrix is the point) and a loud skip on a developer's machine.
 
@@ -87,17 +87,37 @@ def _dist_name(directory: Path) -> str:
     return name
 
 
-def _install_project(session: nox.Session, *extra: str) -> None:
-    """Install the core and every plugin (not editable: the wheels are what ships).
+def _install(session: nox.Session, directories: list[Path], *extra: str) -> None:
+    """Install these project directories (not editable: the wheels are what ships).
 
     uv caches the wheel it builds from a local directory until the directory's
     pyproject.toml changes, so the project's own distributions are rebuilt explicitly.
     """
     args: list[str] = []
     if session.venv_backend == "uv":
-        for directory in _project_dirs():
+        for directory in directories:
             args += ["--reinstall-package", _dist_name(directory)]
-    session.install(*args, *(str(d) for d in _project_dirs()), *extra)
+    session.install(*args, *(str(d) for d in directories), *extra)
+
+
+def _install_project(session: nox.Session, *extra: str) -> None:
+    """The core and every plugin."""
+    _install(session, _project_dirs(), *extra)
+
+
+def _entry_point_modules(directory: Path) -> list[str]:
+    with (directory / "pyproject.toml").open("rb") as f:
+        entry_points: dict[str, str] = tomllib.load(f)["project"]["entry-points"]["css_inference_service"]
+    return [value.split(":")[0] for value in entry_points.values()]
+
+
+# Each plugin's own tests, as pytest arguments, by its directory under plugins/. The rows of
+# test_providers.py carry the provider's name in their ids, so -k selects one plugin's.
+PLUGIN_TESTS = {
+    "openai": ["tests/test_contract.py"],
+    "perplexity": ["tests/test_providers.py", "-k", "PERPLEXITYAI"],
+    "goose": ["tests/test_providers.py", "-k", "GOOSEAI"],
+}
 
 
 @nox.session(python=PYTHONS)
@@ -126,3 +146,23 @@ def compat(session: nox.Session) -> None:
     """Byte compatibility with infernet-ml from PyPI (its normal install, dependencies and all)."""
     _install_project(session, "infernet-ml", *TEST_DEPS)
     session.run("pytest", "tests/compat", *session.posargs)
+
+
+@nox.session(python=PYTHONS[0])
+@nox.parametrize("name", [d.name for d in _plugin_dirs()])
+def plugin(session: nox.Session, name: str) -> None:
+    """The core with this one plugin installed alone passes that plugin's tests."""
+    if name not in PLUGIN_TESTS:
+        session.error(f"plugins/{name} has no tests: add them to PLUGIN_TESTS in noxfile.py")
+    directory = ROOT / "plugins" / name
+    _install(session, [ROOT, directory], *TEST_DEPS)
+    # the installed plugin's tests must run: they fail, rather than skip, if it is missing
+    env = {"CSS_TEST_REQUIRE_PLUGINS": ",".join(_entry_point_modules(directory))}
+    session.run("pytest", *PLUGIN_TESTS[name], *session.posargs, env=env)
+
+
+@nox.session(python=PYTHONS[0])
+def bare(session: nox.Session) -> None:
+    """The core with no plugin starts, and answers every job with an error naming the provider."""
+    _install(session, [ROOT], *TEST_DEPS)
+    session.run("pytest", "tests/test_no_plugins.py", *session.posargs, env={"CSS_TEST_BARE": "1"})
