@@ -19,6 +19,9 @@ process. Cases:
   except the HTTP call and the server), with the OpenAI plugin.
 - `asgi-app`: the whole Litestar app called as ASGI in-process (no server, no sockets on
   the inbound side), its provider call real (httpx to the fake provider).
+- `asgi-minimal-aiohttp`: bench/variants.py's minimal_app (raw ASGI + msgspec + aiohttp).
+- `asgi-app-aiohttp`, `asgi-app-aiohttp-fastretry`: asgi-app with variants.py's aiohttp
+  default call (and no tenacity controller on a first attempt that succeeds).
 - `asgi-hello`: a minimal Litestar app (one POST handler returning constant bytes), ASGI
   in-process: Litestar's own per-request cost.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -252,7 +256,36 @@ async def case_asgi_hello() -> tuple[Callable[[], Awaitable[object]], Callable[[
     return _asgi_caller(app), close
 
 
-CASES = ["raw", "httpx-service", "httpx-default", "aiohttp", "tenacity", "pluggy", "prepare", "asgi-hello", "asgi-app"]
+async def case_asgi_minimal(base_url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
+    import variants
+
+    os.environ.setdefault("OPENAI_BASE_URL", base_url)
+    os.environ.setdefault("OPENAI_API_KEY", "bench")
+    app = variants.minimal_app()
+    close = await _lifespan(app)
+    return _asgi_caller(app), close
+
+
+async def case_asgi_app_aiohttp(
+    base_url: str, fast: bool
+) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
+    import variants
+
+    variants._patch_aiohttp()  # for the rest of this process: these cases run last
+    if fast:
+        variants._patch_fast_first_attempt()
+    op, close_app = await case_asgi_app(base_url)
+
+    async def close() -> None:
+        await close_app()
+        await variants._close_session()
+
+    return op, close
+
+
+# the aiohttp-patched cases change css_core for the rest of the process: keep them last
+CASES = ["raw", "httpx-service", "httpx-default", "aiohttp", "tenacity", "pluggy", "prepare", "asgi-hello", "asgi-app",
+         "asgi-minimal-aiohttp", "asgi-app-aiohttp", "asgi-app-aiohttp-fastretry"]
 
 
 async def main_async(args: argparse.Namespace, url: str, base_url: str) -> None:
@@ -271,8 +304,14 @@ async def main_async(args: argparse.Namespace, url: str, base_url: str) -> None:
                 "aiohttp": lambda: case_aiohttp(url), "raw": lambda: case_raw(url), "tenacity": case_tenacity,
                 "pluggy": lambda: case_pluggy(base_url), "prepare": lambda: case_prepare(base_url),
                 "asgi-app": lambda: case_asgi_app(base_url), "asgi-hello": case_asgi_hello,
+                "asgi-minimal-aiohttp": lambda: case_asgi_minimal(base_url),
+                "asgi-app-aiohttp": lambda: case_asgi_app_aiohttp(base_url, False),
+                "asgi-app-aiohttp-fastretry": lambda: case_asgi_app_aiohttp(base_url, True),
             }[name]
             op, close = await factory()
+            if args.gc == "freeze":
+                gc.collect()
+                gc.freeze()
             n = args.n * (10 if name in ("tenacity", "pluggy", "prepare") else 1)
             cpu, wall = await drive(op, n, conc)
             if close:
@@ -288,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", default="")
     p.add_argument("--pin-fake", default="1")
     p.add_argument("--pin-self", default="0")
+    p.add_argument("--gc", choices=("on", "off", "freeze"), default="on",
+                   help="off: gc.disable(); freeze: gc.freeze() before each case (what cyclic GC costs)")
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     args.conc = [int(c) for c in args.conc.split(",")]
@@ -296,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         os.sched_setaffinity(0, {int(c) for c in args.pin_self.split(",")})
     import uvloop
 
+    if args.gc == "off":
+        gc.disable()
     port = run.free_port()
     fake = run.Server(run.pinned(args.pin_fake, [sys.executable, str(BENCH / "fake_provider.py"), "--port", str(port)]),
                       port, name="fake")

@@ -2,16 +2,17 @@
 
     python bench/soak.py [--jobs 50000] [--concurrency 32] [--workers 1] [--seed 1]
 
-Starts the provider double (tests/provider_double.py) in a child process (so that it does not
-share a GIL with the client) and the service by its command line (`css-inference-service
---bind=127.0.0.1:PORT --workers=N`) in front of it, then sends the jobs from an
-`httpx.AsyncClient`, `--concurrency` at a time, in this mix:
+Starts two provider doubles (tests/provider_double.py), one for OpenAI and one for GooseAI, in a
+child process (so that they do not share a GIL with the client), and the service by its command
+line (`css-inference-service --bind=127.0.0.1:PORT --workers=N`) in front of them, then sends the
+jobs from an `httpx.AsyncClient`, `--concurrency` at a time, in this mix:
 
 - ~80% successes: off-chain (35%), on-chain (25%) and stream (20%) completions, each answer
   checked against the double's reply;
-- ~10% retried faults: the double answers one call 429 (`Retry-After: 0`) or 503, then succeeds
-  (`CSS_REQUEST_DELAY=0`, jitter `[0, 0]`; the faults are queued at the double, so the call that
-  takes one may belong to another job: either way each fault costs one retry);
+- ~10% retried faults: GooseAI completions whose first call is answered 429 (`Retry-After: 0`)
+  or 503, the retry succeeding (`CSS_REQUEST_DELAY=0`, jitter `[0, 0]`). A double's fault goes
+  to whichever call reaches it next, so these jobs alone use the GooseAI double, one at a time,
+  and the service makes 2 attempts at most: each fault costs exactly one retry;
 - ~10% bad input: the battery of tests/test_bad_input.py, each expecting its own 4xx.
 
 It prints the jobs sent and answered, the answers by category (ok, expected 4xx, unexpected 4xx,
@@ -62,29 +63,34 @@ MIX = [("offchain", 35), ("onchain", 25), ("stream", 20), ("retry-429", 5), ("re
 FAULTS = {"retry-429": Fault.status(429, retry_after="0"), "retry-503": Fault.status(503)}
 
 
-def _serve_double(conn: Any) -> None:
-    """The child process: run the double, queue the faults the parent sends, until it sends None."""
-    with ProviderDouble(api_key=KEY) as double:
-        conn.send(double.url)
+def _serve_doubles(conn: Any) -> None:
+    """The child process: run the doubles, queue at the faulty one the faults the parent sends, until None."""
+    with ProviderDouble(api_key=KEY) as double, ProviderDouble(api_key=KEY) as faulty:
+        conn.send((double.url, faulty.url))
         while (kind := conn.recv()) is not None:
-            double.script(FAULTS[kind])
-            if len(double.requests) > 10_000:  # it records every request; nobody reads them here
-                double.requests.clear()
-                double.streams.clear()
+            faulty.script(FAULTS[kind])
+            conn.send(kind)  # queued: the job may go
+            for each in (double, faulty):  # they record every request; nobody reads them here
+                if len(each.requests) > 10_000:
+                    each.requests.clear()
+                    each.streams.clear()
 
 
-class RemoteDouble:
-    """The provider double in a child process; `script(kind)` queues one of `FAULTS` there."""
+class RemoteDoubles:
+    """The doubles in a child process: `url` for OpenAI, `faulty_url` for GooseAI, where `script(kind)`
+    queues one of `FAULTS`."""
 
     def __init__(self) -> None:
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve_double, args=(child,), daemon=True)
+        self.process = context.Process(target=_serve_doubles, args=(child,), daemon=True)
         self.process.start()
-        self.url: str = self.conn.recv()
+        self.url, self.faulty_url = self.conn.recv()
 
     def script(self, kind: str) -> None:
+        """Queue the fault, and return once it is (else the job's call could reach the double first)."""
         self.conn.send(kind)
+        self.conn.recv()
 
     def stop(self) -> None:
         self.conn.send(None)
@@ -105,7 +111,7 @@ def rss_kib(pid: int) -> int:
 
 
 class Soak:
-    def __init__(self, url: str, double: RemoteDouble, process: subprocess.Popen[bytes], concurrency: int) -> None:
+    def __init__(self, url: str, double: RemoteDoubles, process: subprocess.Popen[bytes], concurrency: int) -> None:
         self.url, self.double, self.process = url, double, process
         self.client = httpx.AsyncClient(
             base_url=url, timeout=60, trust_env=False,
@@ -114,6 +120,7 @@ class Soak:
         self.counts: collections.Counter[str] = collections.Counter()
         self.examples: dict[str, str] = {}
         self.sent = self.answered = 0
+        self.one_fault = asyncio.Lock()
 
     def note(self, category: str, detail: str) -> None:
         self.counts[category] += 1
@@ -122,11 +129,16 @@ class Soak:
     async def one(self, i: int, kind: str) -> None:
         if kind == "bad":
             await self.bad(CASES[i % len(CASES)])
-            return
+        elif kind in FAULTS:
+            async with self.one_fault:
+                self.double.script(kind)
+                await self.completion(i, kind, "GOOSEAI", "gpt-neo-20b")
+        else:
+            await self.completion(i, kind)
+
+    async def completion(self, i: int, kind: str, provider: str = "OPENAI", model: str = "gpt-4") -> None:
         content = f"soak job {i}"
-        expected = REPLY("gpt-4", content)
-        if kind in FAULTS:
-            self.double.script(kind)
+        expected = REPLY(model, content)
         self.sent += 1
         try:
             if kind == "stream":
@@ -140,7 +152,7 @@ class Soak:
                 text = decode(["string"], bytes.fromhex(response.json()["raw_output"]))[0] \
                     if response.status_code == 200 else None
             else:
-                response = await self.client.post("/service_output", json=job(chat(content)))
+                response = await self.client.post("/service_output", json=job(chat(content, model, provider=provider)))
                 text = response.json()["output"] if response.status_code == 200 else None
         except httpx.HTTPError as exc:
             self.note("transport error", f"{kind} #{i}: {exc!r}")
@@ -156,10 +168,9 @@ class Soak:
             self.note("ok", kind)
 
     async def bad(self, case: Case) -> None:
-        content = case.body if isinstance(case.body, bytes) else httpx.Request("POST", "/", json=case.body).read()
         self.sent += 1
         try:
-            response = await self.client.post("/service_output", content=content,
+            response = await self.client.post("/service_output", content=case.content,
                                               headers={"content-type": case.content_type})
         except httpx.HTTPError as exc:
             self.note("transport error", f"bad {case.id}: {exc!r}")
@@ -215,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     names, weights = zip(*MIX, strict=True)
     kinds = rng.choices(names, weights, k=args.jobs)
 
-    double = RemoteDouble()
+    double = RemoteDoubles()
     with tempfile.TemporaryDirectory() as tmp:
-        env = service_env(double, GOOSEAI_API_KEY=KEY, GOOSEAI_BASE_URL=f"{double.url}/v1",
+        env = service_env(double, GOOSEAI_API_KEY=KEY, GOOSEAI_BASE_URL=f"{double.faulty_url}/v1",
                           CSS_MAX_MESSAGES=str(MAX_MESSAGES), CSS_MAX_BODY_BYTES=str(MAX_BODY),
-                          CSS_REQUEST_DELAY="0", CSS_REQUEST_JITTER="[0, 0]", CSS_REQUEST_TRIES="5")
+                          CSS_REQUEST_DELAY="0", CSS_REQUEST_JITTER="[0, 0]", CSS_REQUEST_TRIES="2")
         port = free_port()
         log_path = Path(tmp) / "service.log"
         with log_path.open("wb") as log:
@@ -245,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
             process.terminate()
             process.wait(timeout=30)
             double.stop()
-        log_lines = log_path.read_text(errors="replace").count("\n")
+        log = log_path.read_text(errors="replace")
 
+    faults, retries = sum(kinds.count(kind) for kind in FAULTS), log.count("retrying in")
     print(f"\nsent {soak.sent}, answered {soak.answered} in {elapsed:.1f} s ({soak.sent / elapsed:.0f} jobs/s); "
-          f"service log: {log_lines} lines")
+          f"service log: {log.count(chr(10))} lines, {retries} retries for {faults} faults")
     print("mix: " + ", ".join(f"{name} {kinds.count(name)}" for name in names))
     for category in ("ok", "expected 4xx", "unexpected 4xx", "bad input accepted", "5xx", "transport error",
                      "wrong answer"):
@@ -256,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {category:<20} {soak.counts[category]:>6}{example}")
     print("service RSS (MiB): " + ", ".join(f"{'start' if n == 0 else n}: {kib / 1024:.1f}" for n, kib in rss.items()))
     failed = soak.sent - soak.answered + sum(soak.counts[c] for c in soak.counts if c not in ("ok", "expected 4xx"))
+    failed += abs(retries - faults)
     return 1 if failed else 0
 
 

@@ -48,6 +48,13 @@ def _aiohttp_session() -> Any:
     return _session
 
 
+async def _close_session() -> None:
+    global _session
+    if _session is not None:
+        await _session.close()
+        _session = None
+
+
 class _Transport(httpx.TransportError):
     pass
 
@@ -198,8 +205,7 @@ def minimal_app() -> Any:
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    if _session is not None:
-                        await _session.close()
+                    await _close_session()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
         body = b""

@@ -52,6 +52,10 @@ class Case(NamedTuple):
     content_type: str = "application/json"
     plugin: str = "css_openai"  # the provider plugin the case needs installed
 
+    @property
+    def content(self) -> bytes:
+        return self.body if isinstance(self.body, bytes) else json.dumps(self.body).encode()
+
 
 def word(n: int) -> bytes:
     return n.to_bytes(32, "big")
@@ -181,8 +185,7 @@ def url(provider_server: ProviderDouble) -> Iterator[str]:
 
 
 def send(http: httpx.Client, url: str, case: Case) -> httpx.Response:
-    content = case.body if isinstance(case.body, bytes) else json.dumps(case.body).encode()
-    return http.post(f"{url}/service_output", content=content, headers={"content-type": case.content_type})
+    return http.post(f"{url}/service_output", content=case.content, headers={"content-type": case.content_type})
 
 
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.id, marks=requires_plugin(case.plugin)) for case in CASES])

@@ -144,17 +144,15 @@ def test_any_body_is_a_job_or_a_css_error(body: bytes) -> None:
 
 # -- the HTTP API against its own OpenAPI schema -------------------------------------------------------------
 
-schemathesis = pytest.importorskip("schemathesis")
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error, response_schema_conformance  # noqa: E402
-
-
 def test_api_conforms_to_its_schema(url: str) -> None:
     """Requests made from the schema the running service serves (valid and invalid ones): never a 5xx,
     every answer as the schema declares it. (Driven from hypothesis directly: schemathesis's own pytest
     plugin does not run under pytest 9.)"""
+    schemathesis = pytest.importorskip("schemathesis")
+    from schemathesis.checks import not_a_server_error, response_schema_conformance
+
     schema = schemathesis.openapi.from_url(f"{url}/schema/openapi.json")
-    cases = st.one_of([schema.as_strategy(generation_mode=mode) for mode in GenerationMode])
+    cases = st.one_of([schema.as_strategy(generation_mode=mode) for mode in schemathesis.GenerationMode])
 
     @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
     @given(cases)

@@ -20,6 +20,8 @@ from css_core.app import create_app
 from css_core.config import load_settings
 from css_core.plugins import Provider, build_registry
 from tests.conftest import (
+    OFFCHAIN,
+    ONCHAIN,
     STREAM,
     InProcessServer,
     Launched,
@@ -56,7 +58,7 @@ class Capped:
     def submit(self, body: object) -> Future[httpx.Response]:
         return self.pool.submit(post_job, self.http, self.url, body)
 
-    def fill(self, destination: int = 1) -> list[Future[httpx.Response]]:
+    def fill(self, destination: int = OFFCHAIN) -> list[Future[httpx.Response]]:
         """Start `CAP` slow jobs and return once the provider holds all of them."""
         self.double.response_delay = SLOW
         seen = len(self.double.requests)
@@ -89,7 +91,7 @@ def capped(double: ProviderDouble) -> Iterator[Capped]:
 
 def test_a_job_over_the_cap_is_a_503_with_retry_after(capped: Capped) -> None:
     jobs = capped.fill()
-    for destination in (1, 0, STREAM):
+    for destination in (OFFCHAIN, ONCHAIN, STREAM):
         refused = post_job(capped.http, capped.url, job(chat("one too many"), destination=destination))
         assert_error(refused, 503, "OPENAI already has 2 calls in flight", "CSS_MAX_IN_FLIGHT")
         assert int(refused.headers["retry-after"]) >= 1
@@ -136,7 +138,7 @@ def test_slots_come_back_after_the_client_left_a_stream(capped: Capped) -> None:
     capped.assert_idle()
 
 
-@pytest.mark.parametrize("destination", [1, STREAM], ids=["offchain", "stream"])
+@pytest.mark.parametrize("destination", [OFFCHAIN, STREAM], ids=["offchain", "stream"])
 def test_slots_come_back_after_the_client_left_before_the_answer(capped: Capped, destination: int) -> None:
     capped.double.response_delay = 0.3  # the job keeps its slot until the provider answers
     for _ in range(CAP):
