@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent
 PYTHONS = ["3.11", "3.12", "3.13"]
 COMPAT_PYTHON = "3.12"
 TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6.100", "schemathesis>=4"]
-LINT_PATHS = ["css_core", "plugins", "tests", "noxfile.py"]
+LINT_PATHS = ["css_core", "plugins", "tests", "bench", "noxfile.py"]
 # Linters gain rules with each release: their versions move only when someone bumps them here.
 RUFF = "ruff>=0.17,<0.18"
 MYPY = "mypy>=2.4,<2.5"
@@ -166,3 +166,17 @@ def bare(session: nox.Session) -> None:
     """The core with no plugin starts, and answers every job with an error naming the provider."""
     _install(session, [ROOT], *TEST_DEPS)
     session.run("pytest", "tests/test_no_plugins.py", *session.posargs, env={"CSS_TEST_BARE": "1"})
+
+
+@nox.session(python=PYTHONS[0], default=False)
+def bench(session: nox.Session) -> None:
+    """Issue 5's benchmark (bench/run.py, ~8-10 min on 2 cores): DIRECT vs the service, one table.
+
+    Needs wrk and taskset on PATH (Debian: apt-get install -y wrk util-linux); arguments after
+    `--` go to run.py, e.g. `nox -s bench -- --quick`. Not run by a bare `nox`.
+    """
+    for tool, package in (("wrk", "wrk"), ("taskset", "util-linux")):
+        if shutil.which(tool) is None:
+            session.error(f"bench needs {tool} on PATH (Debian: apt-get install -y {package})")
+    _install(session, [ROOT, ROOT / "plugins" / "openai"])
+    session.run("python", "bench/run.py", *session.posargs)

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Annotated, Any, Literal
 
+import aiohttp
 import httpx
 import msgspec
+from httpx_aiohttp import AiohttpTransport
 from litestar import Litestar, Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException
@@ -215,9 +217,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        # tenacity is the only retry loop, so the transport's own retries stay off
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        transport = httpx.AsyncHTTPTransport(retries=0, limits=limits)
+        # httpx's API over aiohttp's connection pool: httpcore's pool cost ~1 ms of CPU per
+        # call here (bench/RESULTS.md). aiohttp never retries, so tenacity is the only loop.
+        transport = AiohttpTransport(client=lambda: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)))
         async with httpx.AsyncClient(transport=transport, timeout=settings.request_timeout) as client:
             app.state.service = Service(settings, registry, client)
             yield

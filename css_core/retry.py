@@ -36,15 +36,23 @@ def wait_seconds(policy: RetryPolicy, attempt: int, exc: BaseException | None) -
 
 
 def retrying(
-    policy: RetryPolicy, retryable_statuses: frozenset[int], deadline: float, before_sleep: Any = None
+    policy: RetryPolicy,
+    retryable_statuses: frozenset[int],
+    deadline: float,
+    before_sleep: Any = None,
+    attempts_made: int = 0,
 ) -> AsyncRetrying:
-    """A fresh tenacity controller for one job (tenacity keeps per-run state on it)."""
+    """A fresh tenacity controller for one job (tenacity keeps per-run state on it).
+
+    `attempts_made` counts attempts the caller already made, so the schedule continues.
+    """
 
     def wait(state: RetryCallState) -> float:
-        return wait_seconds(policy, state.attempt_number, state.outcome.exception() if state.outcome else None)
+        exc = state.outcome.exception() if state.outcome else None
+        return wait_seconds(policy, attempts_made + state.attempt_number, exc)
 
     return AsyncRetrying(
-        stop=stop_after_attempt(policy.tries) | stop_before_delay(deadline),
+        stop=stop_after_attempt(policy.tries - attempts_made) | stop_before_delay(deadline),
         wait=wait,
         retry=retry_if_exception(lambda exc: is_retryable(exc, retryable_statuses)),
         before_sleep=before_sleep,
