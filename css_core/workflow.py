@@ -42,10 +42,10 @@ _MAX_DETAIL = 500  # a provider's error text passed on to the caller is cut to t
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ProviderHTTPError):
         return f"HTTP {exc.status}: {exc.message}"
-    if isinstance(exc, httpx.TimeoutException):
-        return f"timed out ({type(exc).__name__})"
     if isinstance(exc, httpx.TransportError):
-        return f"connection failed ({type(exc).__name__})"
+        # the aiohttp transport maps every dropped connection to ConnectTimeout: name the cause
+        name = type(exc.__cause__ or exc).__name__
+        return f"timed out ({name})" if "Timeout" in name else f"connection failed ({name})"
     return str(exc) or type(exc).__name__
 
 
