@@ -6,9 +6,8 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import aiohttp
 import httpx
@@ -19,15 +18,6 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.spec import (
-    OpenAPIHeader,
-    OpenAPIMediaType,
-    OpenAPIType,
-    Operation,
-    Reference,
-    RequestBody,
-    Schema,
-)
 from litestar.response import Stream
 
 from css_core import __version__
@@ -35,14 +25,14 @@ from css_core.codec import encode_result
 from css_core.config import Settings, load_settings
 from css_core.errors import CSSError, PayloadTooLarge, Unauthorized
 from css_core.job import decode_job
-from css_core.messages import ErrorBody, JobLocation, OffchainOutput, OffchainRequest, OnchainOutput
+from css_core.messages import ErrorBody, JobLocation, OffchainOutput, OnchainOutput
+from css_core.openapi import JSON, JSON_OBJECT, RESULT, ServiceOutputOperation, errors
 from css_core.plugins import Registry, build_registry
 from css_core.resources import SERVICE_ID, is_supported, service_resources
 from css_core.workflow import Workflow
 
 __all__ = ("Service", "create_app", "error_response")
 
-JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 logger = logging.getLogger("css_core.app")
 _encode = msgspec.json.Encoder().encode
@@ -105,71 +95,15 @@ def _bearer_guard(token: str) -> Any:
     return guard
 
 
-# -- the OpenAPI description (served at /schema/openapi.json) ---------------------------------------------------
-
-
-class _JobBody(msgspec.Struct):
-    """The body of `POST /service_output` as the schema shows it; the handler decodes it itself (`decode_job`)."""
-
-    source: Annotated[Literal[0, 1], msgspec.Meta(description="0: on-chain (`data` is hex), 1: off-chain")]
-    destination: Annotated[Literal[0, 1, 2], msgspec.Meta(description="0: on-chain, 1: off-chain, 2: stream")]
-    data: OffchainRequest | Annotated[str, msgspec.Meta(
-        pattern="^(0x)?([0-9a-fA-F]{2})*$",
-        description="on-chain: abi.encode(uint8 provider, uint8 endpoint, string model, (string,string)[]), as hex",
-    )]
-    requires_proof: bool | None = False
-
-
-def _inline(node: Any, definitions: dict[str, Any]) -> Any:
-    """A JSON Schema with its `$ref`s to `definitions` replaced by what they name (there are no cycles)."""
-    if isinstance(node, dict):
-        if "$ref" in node:
-            return _inline(definitions[node["$ref"].rsplit("/", 1)[1]], definitions)
-        return {key: _inline(value, definitions) for key, value in node.items()}
-    if isinstance(node, list):
-        return [_inline(value, definitions) for value in node]
-    return node
-
-
-@dataclass
-class _ServiceOutputOperation(Operation):
-    """`/service_output` reads its raw body (one msgspec decode, this service's own error messages), so
-    Litestar sees no `data` to describe: the request body, the stream's media type and `Retry-After` are
-    added here."""
-
-    def __post_init__(self) -> None:
-        (job,), definitions = msgspec.json.schema_components([_JobBody])
-        job = _inline(job, definitions)
-        schema = Schema(type=OpenAPIType.OBJECT, properties=job["properties"], required=job["required"])
-        self.request_body = RequestBody(content={JSON: OpenAPIMediaType(schema=schema)}, required=True)
-        responses = self.responses or {}
-        if (ok := responses.get("200")) is not None and not isinstance(ok, Reference) and ok.content:
-            ok.content["text/plain"] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
-        if (busy := responses.get("503")) is not None and not isinstance(busy, Reference):
-            busy.headers = {"Retry-After": OpenAPIHeader(schema=Schema(type=OpenAPIType.INTEGER), required=True)}
-
-
-def _errors(*statuses: int) -> dict[int, ResponseSpec]:
-    return {
-        status: ResponseSpec(ErrorBody, description=f"{HTTPStatus(status).phrase}: `description` says why",
-                             generate_examples=False)
-        for status in statuses
-    }
-
-
-_JSON_OBJECT = ResponseSpec(dict[str, Any], description="a JSON object", generate_examples=False)
-_RESULT: Any = OffchainOutput | OnchainOutput  # documented as `oneOf` (ResponseSpec's type hints miss unions)
-
-
 # -- the routes ---------------------------------------------------------------------------------------------
 
 
-@get("/", media_type=JSON, responses={200: _JSON_OBJECT})
+@get("/", media_type=JSON, responses={200: JSON_OBJECT})
 async def index(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(_service(request).index, media_type=JSON)
 
 
-@get("/service-resources", media_type=JSON, responses={200: _JSON_OBJECT, **_errors(401)})
+@get("/service-resources", media_type=JSON, responses={200: JSON_OBJECT, **errors(401)})
 async def resources(request: Request[Any, Any, Any]) -> Response[bytes]:
     service = _service(request)
     model_id = request.query_params.get("model_id")  # read here: Litestar deprecates inferred query params
@@ -187,11 +121,11 @@ async def _utf8(chunks: AsyncIterator[str]) -> AsyncIterator[bytes]:
     "/service_output",
     status_code=200,
     media_type=JSON,
-    operation_class=_ServiceOutputOperation,
+    operation_class=ServiceOutputOperation,
     responses={
-        200: ResponseSpec(_RESULT, description="the result, in the shape of the destination (JSON off-chain or "
+        200: ResponseSpec(RESULT, description="the result, in the shape of the destination (JSON off-chain or "
                           "on-chain, raw text for a stream)", generate_examples=False),
-        **_errors(400, 401, 413, 502, 503, 504),
+        **errors(400, 401, 413, 502, 503, 504),
     },
 )
 async def service_output(request: Request[Any, Any, Any]) -> Response[bytes] | Stream:
