@@ -1,4 +1,4 @@
-"""The service's errors, each mapped to one HTTP status in one place (`app.py`).
+"""The service's errors, each mapped to one HTTP status in one place (`service_output.error_response`).
 
 Every error carries a message the caller can act on; none ever contains an API key.
 
@@ -16,7 +16,7 @@ Every error carries a message the caller can act on; none ever contains an API k
 
     ConfigError: the environment or the installed plugins are wrong; stops start-up.
 
-Inside one provider attempt, plugins and the core's default call raise `ProviderHTTPError`
+Inside one provider attempt, plugins and the core's own call raise `ProviderHTTPError`
 (non-2xx answer) or `ProviderBadResponse` (an answer that cannot be read); the workflow
 decides from them whether to retry, and turns what is left into the errors above.
 """

@@ -3,9 +3,9 @@
 A plugin is any module or object registered under the `css_inference_service` entry-point
 group whose functions carry `@hookimpl`. A plugin that implements `css_provider` owns one
 provider; the per-job hooks below are then called on that plugin only (and on plugins
-that own no provider, such as the core's default HTTP call), never on another
-provider's plugin. Every per-job hook is `firstresult`: the first non-`None` answer wins,
-and plugins registered later, or marked `tryfirst`, are asked first.
+that own no provider), never on another provider's plugin. Every per-job hook is
+`firstresult`: the first non-`None` answer wins, and plugins registered later, or marked
+`tryfirst`, are asked first.
 
 Each hook may omit arguments it does not need, as with any pluggy hook.
 """
@@ -71,11 +71,11 @@ def css_call(
 ) -> Awaitable[bytes] | None:
     """Send one attempt of a non-streaming call and return an awaitable of the body.
 
-    Called once per attempt; the workflow retries around it. The core's own
-    implementation (`trylast`) POSTs `call.content` to `call.url` with `client`. Raise
-    `css_core.ProviderHTTPError` for a non-2xx answer; `httpx.TransportError`s are
-    retried too. Override it only for a provider that is not plain JSON over HTTP.
-    `None`: let the next implementation (ultimately the core's) make the call.
+    Called once per attempt; the workflow retries around it. Implement it only for a
+    provider that is not plain JSON over HTTP, and make the call with `client`, the
+    worker's pooled `httpx.AsyncClient`. Raise `css_core.ProviderHTTPError` for a non-2xx
+    answer; `httpx.TransportError`s are retried too. `None` (or no implementation): the
+    core POSTs `call.content` to `call.url` itself, over the same pool.
     """
 
 
@@ -85,10 +85,11 @@ def css_call_stream(
 ) -> AsyncIterator[bytes] | None:
     """Send one attempt of a streaming call; return an async iterator of event payloads.
 
-    The core's own implementation (`trylast`) reads server-sent events and yields each
-    event's `data` as bytes, ending at `data: [DONE]`. It must raise
+    Called once per attempt, until one yields its first text. The iterator must raise
     `ProviderHTTPError` before yielding anything when the status is not 2xx, so the
-    failure can be retried and answered as an error status. `None`: as for `css_call`.
+    failure can be retried and answered as an error status. `None` (or no
+    implementation): the core POSTs the call itself, reads server-sent events and yields
+    each event's `data` as bytes, ending at `data: [DONE]`.
     """
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pluggy
 
-from css_core import default_call, hookspecs
+from css_core import hookspecs
 from css_core.config import Settings
 from css_core.errors import ConfigError, ProviderNotAvailable
 from css_core.types import ProviderSpec
@@ -54,7 +54,8 @@ class Provider:
     base_url: str
     api_key: str | None = field(repr=False)
     headers: dict[str, str] = field(repr=False)
-    # per-job hooks, restricted to this provider's plugin (and provider-less plugins)
+    # per-job hooks, restricted to this provider's plugin (and provider-less plugins); a hook
+    # no plugin implements is absent, so the workflow skips it (or makes the call itself)
     hooks: Mapping[str, Callable[..., Any]] = field(repr=False, default_factory=dict)
     models: tuple[str, ...] = ()
     in_flight: int = 0  # calls this worker has open to the provider now
@@ -66,22 +67,20 @@ class Provider:
     @property
     def streams(self) -> bool:
         """Whether a plugin reads this provider's streamed events (`css_parse_stream_event`)."""
-        hook = self.hooks.get("css_parse_stream_event")
-        return isinstance(hook, pluggy.HookCaller) and bool(hook.get_hookimpls())
+        return "css_parse_stream_event" in self.hooks
 
     def unavailable_reason(self) -> str:
         return f"{self.spec.api_key_env} is not set"
 
 
 def plugin_manager(load_entry_points: bool = True) -> tuple[pluggy.PluginManager, dict[str, PluginInfo], list[str]]:
-    """A plugin manager with the core's default call and every installed plugin.
+    """A plugin manager with every installed plugin.
 
     Returns the manager, what is known of each plugin by its registered name, and the
     load errors of the plugins left out.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.register(default_call, name="css_core.default_call")
     infos: dict[str, PluginInfo] = {}
     errors: list[str] = []
     if load_entry_points:
@@ -194,7 +193,8 @@ def build_registry(
         headers = {"content-type": "application/json"}
         if api_key is not None:
             headers["authorization"] = f"Bearer {api_key}"
-        hooks = {name: pm.subset_hook_caller(name, remove_plugins=others) for name in _PER_JOB_HOOKS}
+        callers = {name: pm.subset_hook_caller(name, remove_plugins=others) for name in _PER_JOB_HOOKS}
+        hooks = {name: caller for name, caller in callers.items() if caller.get_hookimpls()}
         models = _catalogue(spec, settings)
         providers.append(Provider(spec, info, _base_url(spec, settings), api_key, headers, hooks, models))
     names = {spec.name.upper() for _, spec, _ in owners}

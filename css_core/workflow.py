@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -28,6 +28,7 @@ from css_core.errors import (
     ServiceBusy,
 )
 from css_core.plugins import Provider, Registry
+from css_core.provider_http import ProviderHTTP
 from css_core.retry import is_retryable, retrying, wait_seconds
 from css_core.types import CSSRequest, PreparedCall, Result
 
@@ -95,10 +96,10 @@ class _Job:
 class Workflow:
     """Runs jobs for one worker, with its pooled HTTP client."""
 
-    def __init__(self, registry: Registry, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(self, registry: Registry, settings: Settings, http: ProviderHTTP) -> None:
         self.registry = registry
         self.settings = settings
-        self.client = client
+        self.http = http
 
     def prepare(self, request: CSSRequest) -> tuple[Provider, PreparedCall]:
         """Check the job against its provider and build the provider request."""
@@ -113,7 +114,8 @@ class Workflow:
             )
         if request.stream and not provider.streams:
             raise InvalidJob(f"{spec.name} cannot stream: its plugin does not implement css_parse_stream_event")
-        call = provider.hooks["css_encode_params"](spec=spec, request=request)
+        encode = provider.hooks.get("css_encode_params")
+        call = encode(spec=spec, request=request) if encode else None
         if call is None:
             raise InvalidJob(f"{spec.name} cannot encode a {request.endpoint!r} request")
         body = {**self.settings.request_defaults, **call.body, **request.extra_args}
@@ -165,11 +167,13 @@ class Workflow:
         """The job's result: a completion or an embedding."""
         provider, call = self.prepare(request)
         hooks, spec = provider.hooks, provider.spec
+        plugin_call, postprocess = hooks.get("css_call"), hooks.get("css_postprocess")
 
         async def attempt() -> Result:
-            body = await hooks["css_call"](spec=spec, call=call, client=self.client)
+            pending = plugin_call(spec=spec, call=call, client=self.http.client) if plugin_call else None
+            body = await (self.http.post(call) if pending is None else pending)
             try:
-                result: Result | None = hooks["css_postprocess"](spec=spec, request=request, body=body)
+                result: Result | None = postprocess(spec=spec, request=request, body=body) if postprocess else None
             except _UNREADABLE as exc:
                 raise ProviderBadResponse(f"unreadable answer: {exc}") from None
             if result is None:
@@ -182,7 +186,7 @@ class Workflow:
         finally:
             provider.in_flight -= 1
 
-    async def stream(self, request: CSSRequest) -> AsyncIterator[str]:
+    async def stream(self, request: CSSRequest) -> AsyncGenerator[str, None]:
         """The job's text, chunk by chunk, once the first chunk has arrived.
 
         Failures before the first chunk are retried and raised from this coroutine, so the
@@ -198,6 +202,7 @@ class Workflow:
     async def _texts(self, request: CSSRequest) -> AsyncIterator[str]:
         provider, call = self.prepare(request)
         hooks, spec = provider.hooks, provider.spec
+        plugin_call = hooks.get("css_call_stream")
         deadline = self.settings.stream_deadline
         deadline_at = asyncio.get_running_loop().time() + deadline
 
@@ -208,15 +213,17 @@ class Workflow:
                 raise ProviderBadResponse(f"unreadable stream event: {exc}") from None
 
         async def attempt() -> tuple[AsyncIterator[bytes], str]:
-            events: AsyncIterator[bytes] = hooks["css_call_stream"](spec=spec, call=call, client=self.client)
+            source = plugin_call(spec=spec, call=call, client=self.http.client) if plugin_call else None
+            if source is None:
+                source = self.http.events(call)
             try:
-                async for data in events:
+                async for data in source:
                     if text := text_of(data):
-                        return events, text
+                        return source, text
             except BaseException:
-                await _close(events)
+                await _close(source)
                 raise
-            return events, ""
+            return source, ""
 
         job = _Job(provider)
         self._occupy(provider)
@@ -247,7 +254,7 @@ class Workflow:
                 await _close(events)
 
 
-async def _prepend(first: str | None, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _prepend(first: str | None, rest: AsyncIterator[str]) -> AsyncGenerator[str, None]:
     try:
         if first is not None:
             yield first

@@ -168,7 +168,7 @@ def shared() -> PluginSetup:
 @pytest.fixture
 def pm(shared: PluginSetup) -> Iterator[pluggy.PluginManager]:
     yield shared[0]
-    assert [name for name, _ in shared[0].list_name_plugin()] == ["css_core.default_call"], "a plugin leaked"
+    assert [name for name, _ in shared[0].list_name_plugin()] == [], "a plugin leaked"
 
 
 @contextmanager

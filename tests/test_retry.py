@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from css_core.config import RetryPolicy
-from css_core.default_call import retry_after_seconds
+from css_core.provider_http import retry_after_seconds
 from css_core.errors import ProviderBadResponse, ProviderHTTPError
 from css_core.retry import is_retryable, wait_seconds
 from css_core.types import ProviderSpec
