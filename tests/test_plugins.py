@@ -321,6 +321,45 @@ def test_hook_css_call_of_a_provider_less_plugin_sees_every_provider(
             "/mirror/chat/completions", "/other/chat/completions", "/mirror/chat/completions"]
 
 
+def test_bound_hooks_ask_implementations_in_pluggys_order(pm: pluggy.PluginManager) -> None:
+    """Per-job hooks are bound once at start-up; they must answer exactly as pluggy's own call."""
+    asked: list[str] = []
+
+    def answering(name: str, answer: str | None, **marks: bool) -> object:
+        class Plugin:
+            @hookimpl(**marks)
+            def css_postprocess(self, body: bytes) -> str | None:
+                asked.append(name)
+                return answer
+
+        return Plugin()
+
+    class Wrapping:
+        @hookimpl(wrapper=True)
+        def css_postprocess(self) -> Iterator[None]:
+            asked.append("wrapper")
+            return (yield)
+
+    plugins_in_order = {
+        "echo": Echo(),
+        "last": answering("last", "from last", trylast=True),
+        "plain": answering("plain", None),
+        "first": answering("first", None, tryfirst=True),
+        "later": answering("later", None),
+    }
+    with registered(pm, **plugins_in_order):
+        hook = build_registry(settings(), pm).providers[0].hooks["css_postprocess"]
+        kwargs: dict[str, Any] = {"spec": None, "request": None, "body": b'{"text": "x"}'}
+        assert hook(**kwargs) == pm.hook.css_postprocess(**kwargs) == "echo: x"
+        assert asked == ["first", "later", "plain"] * 2
+        assert not isinstance(hook, pluggy.HookCaller)  # bound to plain functions
+        asked.clear()
+        with registered(pm, wrapping=Wrapping()):
+            hook = build_registry(settings(), pm).providers[0].hooks["css_postprocess"]
+            assert hook(**kwargs) == "echo: x"
+            assert asked == ["wrapper", "first", "later", "plain"]  # a wrapper keeps pluggy's call
+
+
 # -- describing providers -------------------------------------------------------------------------------
 
 
