@@ -142,7 +142,8 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         # (a full collection of Litestar's objects took ~65 ms; bench/RESULTS.md).
         gc.freeze()
         gc.set_threshold(10_000)
-        async with ProviderHTTP(settings.request_timeout) as http:
+        plugin_calls = any("css_call" in p.hooks or "css_call_stream" in p.hooks for p in registry.providers)
+        async with ProviderHTTP(settings.request_timeout, plugin_calls) as http:
             app.state.service = Service(settings, registry, http)
             yield
 

@@ -17,8 +17,9 @@ Every error carries a message the caller can act on; none ever contains an API k
     ConfigError: the environment or the installed plugins are wrong; stops start-up.
 
 Inside one provider attempt, plugins and the core's own call raise `ProviderHTTPError`
-(non-2xx answer) or `ProviderBadResponse` (an answer that cannot be read); the workflow
-decides from them whether to retry, and turns what is left into the errors above.
+(non-2xx answer), `ProviderBadResponse` (an answer that cannot be read) or
+`ProviderUnreachable` (no connection, a dropped one, a read timeout); the workflow decides
+from them whether to retry, and turns what is left into the errors above.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = (
     "ProviderNotAvailable",
     "ProviderRejected",
     "ProviderTimeout",
+    "ProviderUnreachable",
     "ServiceBusy",
     "Unauthorized",
 )
@@ -117,3 +119,11 @@ class ProviderHTTPError(Exception):
 
 class ProviderBadResponse(Exception):
     """The provider's answer could not be read (not JSON, or not the expected shape)."""
+
+
+class ProviderUnreachable(Exception):
+    """One attempt got no answer: no connection, a dropped one, or a read timeout.
+
+    Raised by the core's own call; an `httpx.TransportError` from a plugin's call becomes
+    one. The message names the cause, and never holds a key.
+    """

@@ -1,29 +1,30 @@
 """The core's own provider call: JSON over HTTP, and server-sent events for streams.
 
 One aiohttp connection pool per worker carries every provider call. The core calls it
-directly; plugins that make their own calls get an `httpx.AsyncClient` over the same pool
-(the `httpx-aiohttp` transport). Going through httpx's client on the hot path cost ~150 µs
-of CPU per call (bench/RESULTS.md), so the core does not.
+directly; plugins that make their own calls (`css_call`, `css_call_stream`) get an
+`httpx.AsyncClient` over the same pool (the `httpx-aiohttp` transport). Going through
+httpx's client cost ~150 µs of CPU per call, and importing httpx ~5 MB per worker
+(bench/RESULTS.md), so the core does neither unless such a plugin is installed.
 
-aiohttp's failures are raised as `httpx.TransportError`s, so the retry policy and the
-error messages treat a plugin's calls and the core's alike.
+A failed connection, from aiohttp or from a plugin's httpx call, is a `ProviderUnreachable`.
 """
 
 from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import httpx
 import msgspec
-from httpx_aiohttp import AiohttpTransport
 
-from css_core.errors import ProviderHTTPError
+from css_core.errors import ProviderHTTPError, ProviderUnreachable
 from css_core.types import PreparedCall
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ("ProviderHTTP", "error_message", "retry_after_seconds")
 
@@ -74,34 +75,33 @@ def _check_status(response: aiohttp.ClientResponse, body: bytes) -> None:
         raise ProviderHTTPError(response.status, error_message(body), retry_after)
 
 
+def _unreachable(exc: BaseException) -> ProviderUnreachable:
+    name = type(exc).__name__
+    return ProviderUnreachable(f"timed out ({name})" if "Timeout" in name else f"connection failed ({name})")
+
+
 @contextmanager
-def _as_transport_errors() -> Iterator[None]:
-    # aiohttp's read timeouts are also `TimeoutError`s, which the workflow would take for
-    # the job's own deadline: they become httpx's, whose type names what timed out.
+def _aiohttp_failures() -> Iterator[None]:
+    # aiohttp's read timeouts are `TimeoutError`s too, which the workflow would take for the
+    # job's own deadline
     try:
         yield
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise httpx.ConnectTimeout(f"could not connect in time ({type(exc).__name__})") from exc
-    except aiohttp.ServerTimeoutError as exc:
-        raise httpx.ReadTimeout(f"no data within the request timeout ({type(exc).__name__})") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise httpx.ConnectError(f"could not connect ({type(exc).__name__}: {exc.os_error})") from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise httpx.RemoteProtocolError(f"the answer was cut or malformed ({type(exc).__name__})") from exc
-    except (aiohttp.ClientConnectionError, aiohttp.ClientResponseError) as exc:
-        raise httpx.ReadError(f"the connection failed ({type(exc).__name__})") from exc
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
+        raise _unreachable(exc) from exc
 
 
 class ProviderHTTP:
     """One worker's HTTP to providers: `post` and `events` for the core, `client` for plugins.
 
-    Use as an async context manager, inside the worker's event loop.
+    Use as an async context manager, inside the worker's event loop. `client` is `None`
+    unless `plugin_calls`: no installed plugin makes its own calls.
     """
 
-    client: httpx.AsyncClient
+    client: httpx.AsyncClient | None = None
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, plugin_calls: bool) -> None:
         self.timeout = timeout
+        self.plugin_calls = plugin_calls
 
     async def __aenter__(self) -> ProviderHTTP:
         # no pool limit: the service's own in-flight limit (CSS_MAX_IN_FLIGHT) bounds it
@@ -109,17 +109,42 @@ class ProviderHTTP:
             connector=aiohttp.TCPConnector(limit=0),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeout, sock_read=self.timeout),
         )
-        # aiohttp never retries a request, so tenacity stays the only retry loop
-        self.client = httpx.AsyncClient(transport=AiohttpTransport(client=self._session), timeout=self.timeout)
+        if self.plugin_calls:
+            import httpx  # here: a worker whose plugins make no calls of their own does without it
+            from httpx_aiohttp import AiohttpTransport
+
+            # aiohttp never retries a request, so tenacity stays the only retry loop
+            transport = AiohttpTransport(client=self._session)
+            self.client = httpx.AsyncClient(transport=transport, timeout=self.timeout)
+            self._httpx_failure = httpx.TransportError
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self.client.aclose()
+        if self.client is not None:
+            await self.client.aclose()
         await self._session.close()
+
+    async def plugin_body(self, pending: Awaitable[bytes]) -> bytes:
+        """What a plugin's `css_call` answered; its failed connection as `ProviderUnreachable`."""
+        try:
+            return await pending
+        except self._httpx_failure as exc:
+            raise _unreachable(exc.__cause__ or exc) from exc
+
+    async def plugin_events(self, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A plugin's `css_call_stream` events; its failed connection as `ProviderUnreachable`."""
+        try:
+            async for data in events:
+                yield data
+        except self._httpx_failure as exc:
+            raise _unreachable(exc.__cause__ or exc) from exc
+        finally:
+            if (aclose := getattr(events, "aclose", None)) is not None:
+                await aclose()
 
     async def post(self, call: PreparedCall) -> bytes:
         """POST `call.content` to `call.url`; the 2xx body, or `ProviderHTTPError`."""
-        with _as_transport_errors():
+        with _aiohttp_failures():
             async with self._session.post(call.url, data=call.content, headers=call.headers) as response:
                 body = await response.read()
         _check_status(response, body)
@@ -132,7 +157,7 @@ class ProviderHTTP:
         """
         response: Any = None
         try:
-            with _as_transport_errors():
+            with _aiohttp_failures():
                 response = await self._session.post(call.url, data=call.content, headers=call.headers)
                 if response.status >= 300:
                     _check_status(response, await response.read())

@@ -11,11 +11,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
-import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 
 from css_core.config import RetryPolicy
-from css_core.errors import ProviderBadResponse, ProviderHTTPError
+from css_core.errors import ProviderBadResponse, ProviderHTTPError, ProviderUnreachable
 
 __all__ = ("is_retryable", "retrying", "wait_seconds")
 
@@ -24,7 +23,7 @@ def is_retryable(exc: BaseException, retryable_statuses: frozenset[int]) -> bool
     """429, 5xx (as the provider declares them), connection errors, timeouts, bad bodies."""
     if isinstance(exc, ProviderHTTPError):
         return exc.status in retryable_statuses
-    return isinstance(exc, (httpx.TransportError, ProviderBadResponse))
+    return isinstance(exc, (ProviderUnreachable, ProviderBadResponse))
 
 
 def wait_seconds(policy: RetryPolicy, attempt: int, exc: BaseException | None) -> float:

@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import httpx
 import msgspec
 from tenacity import RetryCallState
 
@@ -25,6 +24,7 @@ from css_core.errors import (
     ProviderNotAvailable,
     ProviderRejected,
     ProviderTimeout,
+    ProviderUnreachable,
     ServiceBusy,
 )
 from css_core.plugins import Provider, Registry
@@ -43,10 +43,6 @@ _MAX_DETAIL = 500  # a provider's error text passed on to the caller is cut to t
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ProviderHTTPError):
         return f"HTTP {exc.status}: {exc.message}"
-    if isinstance(exc, httpx.TransportError):
-        # the aiohttp transport maps every dropped connection to ConnectTimeout: name the cause
-        name = type(exc.__cause__ or exc).__name__
-        return f"timed out ({name})" if "Timeout" in name else f"connection failed ({name})"
     return str(exc) or type(exc).__name__
 
 
@@ -160,7 +156,7 @@ class Workflow:
                 left = deadline - (loop.time() - started)
                 controller = retrying(policy, statuses, left, job.before_sleep, attempts_made=1)
                 return await controller(counted)
-        except (TimeoutError, ProviderHTTPError, ProviderBadResponse, httpx.TransportError) as exc:
+        except (TimeoutError, ProviderHTTPError, ProviderBadResponse, ProviderUnreachable) as exc:
             raise job.failure(exc) from None
 
     async def run(self, request: CSSRequest) -> Result:
@@ -171,7 +167,7 @@ class Workflow:
 
         async def attempt() -> Result:
             pending = plugin_call(spec=spec, call=call, client=self.http.client) if plugin_call else None
-            body = await (self.http.post(call) if pending is None else pending)
+            body = await (self.http.post(call) if pending is None else self.http.plugin_body(pending))
             try:
                 result: Result | None = postprocess(spec=spec, request=request, body=body) if postprocess else None
             except _UNREADABLE as exc:
@@ -214,8 +210,7 @@ class Workflow:
 
         async def attempt() -> tuple[AsyncIterator[bytes], str]:
             source = plugin_call(spec=spec, call=call, client=self.http.client) if plugin_call else None
-            if source is None:
-                source = self.http.events(call)
+            source = self.http.events(call) if source is None else self.http.plugin_events(source)
             try:
                 async for data in source:
                     if text := text_of(data):
@@ -244,7 +239,7 @@ class Workflow:
                 if text := text_of(data):
                     yield text
                     sent += 1
-        except (TimeoutError, ProviderBadResponse, httpx.TransportError) as exc:
+        except (TimeoutError, ProviderBadResponse, ProviderUnreachable) as exc:
             name, what = spec.name, job.scrub(_describe(exc))
             logger.warning("%s stream ended after %d chunk(s): %s", name, sent, what)
             raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import inspect
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,6 +137,34 @@ class Observer:
         self.seen.append(spec.name)
 
 
+class OwnCalls:
+    """Owns no provider: makes every provider's calls itself, with the client the hooks are given."""
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url  # where to send instead of the provider (a dead port)
+        self.attempts = 0
+
+    @hookimpl
+    def css_call(self, call: PreparedCall, client: httpx.AsyncClient) -> Awaitable[bytes]:
+        async def send() -> bytes:
+            self.attempts += 1
+            response = await client.post(self.url or call.url, content=call.content, headers=call.headers)
+            return response.content
+
+        return send()
+
+    @hookimpl
+    def css_call_stream(self, call: PreparedCall, client: httpx.AsyncClient) -> AsyncIterator[bytes]:
+        async def events() -> AsyncIterator[bytes]:
+            self.attempts += 1
+            async with client.stream("POST", self.url or call.url, content=call.content, headers=call.headers) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: ") and line != "data: [DONE]":
+                        yield line[6:].encode()
+
+        return events()
+
+
 class Claims:
     """A plugin that claims a provider, for clashes."""
 
@@ -239,6 +268,38 @@ def test_hook_css_call_stream_override_is_used_for_its_own_provider_only(
         mirrored = post_job(http, url, job(chat(provider="MIRROR"), destination=STREAM))
         assert mirrored.text == double.expected_reply("gpt-4", "hi")
         assert len(echo.calls) == 1 and len(double.requests) == 1
+
+
+@pytest.mark.parametrize("destination", [1, STREAM], ids=["offchain", "stream"])
+def test_hook_css_call_gets_the_workers_pooled_httpx_client(
+    double: ProviderDouble, pm: pluggy.PluginManager, serve_plugins: Callable[..., str], http: httpx.Client,
+    destination: int,
+) -> None:
+    own = OwnCalls()
+    with registered(pm, mirror=StreamingMirror(), own=own):
+        url = serve_plugins()
+        for _ in range(2):
+            response = post_job(http, url, job(chat("hello", provider="MIRROR"), destination=destination))
+            assert response.status_code == 200, response.text
+            text = response.text if destination == STREAM else response.json()["output"]
+            assert text == double.expected_reply("gpt-4", "hello")
+        assert own.attempts == 2
+        assert [r.headers["authorization"] for r in double.requests] == [f"Bearer {KEY}"] * 2
+
+
+@pytest.mark.parametrize("destination", [1, STREAM], ids=["offchain", "stream"])
+def test_hook_css_call_stream_transport_errors_of_a_plugins_own_call_are_retried(
+    pm: pluggy.PluginManager, serve_plugins: Callable[..., str], http: httpx.Client, destination: int
+) -> None:
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    own = OwnCalls(f"http://127.0.0.1:{port}/v1/chat/completions")
+    with registered(pm, mirror=StreamingMirror(), own=own):
+        url = serve_plugins()
+        response = post_job(http, url, job(chat(provider="MIRROR"), destination=destination))
+        assert_error(response, 502, "MIRROR failed after 3 attempt(s)", "connection failed")
+        assert own.attempts == 3
 
 
 def test_hook_css_parse_stream_event_that_raises_breaks_the_stream(

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from css_core.config import RetryPolicy
+from css_core.errors import ProviderBadResponse, ProviderHTTPError, ProviderUnreachable
 from css_core.provider_http import retry_after_seconds
-from css_core.errors import ProviderBadResponse, ProviderHTTPError
 from css_core.retry import is_retryable, wait_seconds
 from css_core.types import ProviderSpec
 from tests.conftest import assert_error, chat, job, post_job
@@ -90,9 +90,8 @@ def test_a_provider_chooses_its_retryable_statuses() -> None:
 @pytest.mark.parametrize(
     ("exc", "retryable"),
     [
-        (httpx.ConnectError("refused"), True),
-        (httpx.ReadTimeout("slow"), True),
-        (httpx.RemoteProtocolError("cut"), True),
+        (ProviderUnreachable("connection failed (ClientConnectorError)"), True),
+        (ProviderUnreachable("timed out (SocketTimeoutError)"), True),
         (ProviderBadResponse("not JSON"), True),
         (ValueError("a bug"), False),
         (KeyError("a bug"), False),
