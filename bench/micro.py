@@ -7,23 +7,31 @@ the CPU time of this process (time.process_time, so other load on the machine af
 little) per operation. The fake provider (bench/fake_provider.py, 0 ms) runs in its own
 process. Cases:
 
-- `httpx-service`: httpx.AsyncClient configured as css_core.app does (retries=0, no
-  connection limit, 256 keep-alive), `client.post(url, content=..., headers=...)` +
-  `.content`: the service's provider call.
-- `httpx-default`: the same with httpx's default limits (100 connections).
-- `aiohttp`: aiohttp.ClientSession (TCPConnector(limit=0)), `post` + `read()`.
 - `raw`: a raw asyncio.Protocol keep-alive client (bench/client.py's): the floor.
-- `tenacity`: css_core.retry.retrying() around an already-done coroutine, as per job.
-- `pluggy`: the per-job hook calls of a completion (css_encode_params, css_postprocess).
+- `aiohttp`: the service's own provider call: a real css_core.provider_http.ProviderHTTP,
+  `post(PreparedCall)` (aiohttp session, status checked, errors mapped).
+- `httpx-plugin`: `ProviderHTTP(plugin_calls=True).client.post(...)` + `.content`: the
+  httpx.AsyncClient over the same aiohttp pool that plugins implementing `css_call` get.
+- `httpx-service`, `httpx-default`: for comparison only, httpx with its own transport
+  (httpcore): configured as css_core.app did before provider_http.py (retries=0, no
+  connection limit, 256 keep-alive), and with httpx's default limits (100 connections).
+- `first-attempt`: Workflow._attempts around an already-done attempt: what wraps every
+  job's first attempt (deadline, counting; no tenacity).
+- `tenacity`: css_core.retry.retrying() around an already-done coroutine: what a job pays
+  from its second attempt on (after a retryable failure).
+- `pluggy`: the per-job hook calls of a completion (css_encode_params, css_postprocess) as
+  the workflow makes them: the plain functions bound at start-up (Provider.hooks).
+- `pluggy-hookcaller`: the same calls through pluggy's own HookCaller (the subset hook
+  caller build_registry binds from), for comparison.
 - `prepare`: Workflow.prepare + decode_job + the result's encoding (everything of a job
   except the HTTP call and the server), with the OpenAI plugin.
-- `asgi-app`: the whole Litestar app called as ASGI in-process (no server, no sockets on
-  the inbound side), its provider call real (httpx to the fake provider).
-- `asgi-minimal-aiohttp`: bench/variants.py's minimal_app (raw ASGI + msgspec + aiohttp).
-- `asgi-app-aiohttp`, `asgi-app-aiohttp-fastretry`: asgi-app with variants.py's aiohttp
-  default call (and no tenacity controller on a first attempt that succeeds).
 - `asgi-hello`: a minimal Litestar app (one POST handler returning constant bytes), ASGI
-  in-process: Litestar's own per-request cost.
+  in-process: Litestar's own per-request cost (the service's other routes still pay it).
+- `asgi-app`: the whole service, `css_core.app.create_app()` called as ASGI in-process
+  (lifespan included; no server, no sockets on the inbound side): POST /service_output
+  goes to ServiceOutput, its provider call real (ProviderHTTP to the fake provider). Its
+  lifespan's gc settings (freeze, threshold) are undone after the case.
+- `asgi-minimal-aiohttp`: bench/variants.py's minimal_app (raw ASGI + msgspec + aiohttp).
 """
 
 from __future__ import annotations
@@ -43,8 +51,10 @@ sys.path.insert(0, str(BENCH))
 
 import run  # noqa: E402
 
-JOB = (b'{"source":1,"destination":1,"data":{"model":"gpt-4","params":{"endpoint":"completions",'
-       b'"messages":[{"role":"user","content":"hi"}]}}}')
+JOB = (
+    b'{"source":1,"destination":1,"data":{"model":"gpt-4","params":{"endpoint":"completions",'
+    b'"messages":[{"role":"user","content":"hi"}]}}}'
+)
 BODY = b'{"model":"gpt-4","messages":[{"role":"user","content":"hi"}]}'
 HEADERS = {"content-type": "application/json", "authorization": "Bearer bench"}
 
@@ -82,16 +92,46 @@ async def case_httpx(url: str, default: bool) -> tuple[Callable[[], Awaitable[ob
     return op, client.aclose
 
 
-async def case_aiohttp(url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
-    import aiohttp
+def _timeout() -> float:
+    from css_core.config import load_settings
 
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60))
+    return load_settings({}, dotenv=None).request_timeout
+
+
+async def _provider_http(plugin_calls: bool):  # type: ignore[no-untyped-def]
+    from css_core.provider_http import ProviderHTTP
+
+    http = ProviderHTTP(_timeout(), plugin_calls=plugin_calls)
+    await http.__aenter__()
+
+    async def close() -> None:
+        await http.__aexit__(None, None, None)
+
+    return http, close
+
+
+async def case_aiohttp(url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
+    from css_core.types import PreparedCall
+
+    http, close = await _provider_http(plugin_calls=False)  # as create_app's when no plugin makes its own calls
+    call = PreparedCall(url, HEADERS, BODY)
 
     async def op() -> object:
-        async with session.post(url, data=BODY, headers=HEADERS) as r:
-            return await r.read()
+        return await http.post(call)
 
-    return op, session.close
+    return op, close
+
+
+async def case_httpx_plugin(url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
+    http, close = await _provider_http(plugin_calls=True)
+    client = http.client
+    assert client is not None
+
+    async def op() -> object:
+        r = await client.post(url, content=BODY, headers=HEADERS)
+        return r.content
+
+    return op, close
 
 
 async def case_raw(url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
@@ -100,8 +140,10 @@ async def case_raw(url: str) -> tuple[Callable[[], Awaitable[object]], Callable[
     import client
 
     u = urlsplit(url)
-    raw = (b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-           b"authorization: Bearer bench\r\ncontent-length: %d\r\n\r\n%s" % (u.path.encode(), len(BODY), BODY))
+    raw = (
+        b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer bench\r\ncontent-length: %d\r\n\r\n%s" % (u.path.encode(), len(BODY), BODY)
+    )
     loop = asyncio.get_running_loop()
     idle: list[client.Conn] = []
 
@@ -119,11 +161,16 @@ async def case_raw(url: str) -> tuple[Callable[[], Awaitable[object]], Callable[
     return op, close
 
 
-def _registry(base_url: str):  # type: ignore[no-untyped-def]
+def _settings(base_url: str):  # type: ignore[no-untyped-def]
     from css_core.config import load_settings
+
+    return load_settings({"OPENAI_API_KEY": "bench", "OPENAI_BASE_URL": base_url}, dotenv=None)
+
+
+def _registry(base_url: str):  # type: ignore[no-untyped-def]
     from css_core.plugins import build_registry
 
-    settings = load_settings({"OPENAI_API_KEY": "bench", "OPENAI_BASE_URL": base_url}, dotenv=None)
+    settings = _settings(base_url)
     return settings, build_registry(settings)
 
 
@@ -142,21 +189,47 @@ async def case_tenacity() -> tuple[Callable[[], Awaitable[object]], None]:
     return op, None
 
 
-async def case_pluggy(base_url: str) -> tuple[Callable[[], Awaitable[object]], None]:
+async def case_first_attempt(base_url: str) -> tuple[Callable[[], Awaitable[object]], None]:
+    from css_core.workflow import Workflow, _Job
+
+    settings, registry = _registry(base_url)
+    workflow = Workflow(registry, settings, None)  # type: ignore[arg-type]
+    provider = registry.by_name("OPENAI")
+
+    async def attempt() -> int:
+        return 1
+
+    async def op() -> object:
+        return await workflow._attempts(_Job(provider), attempt, settings.job_deadline)
+
+    return op, None
+
+
+async def case_pluggy(base_url: str, hookcaller: bool) -> tuple[Callable[[], Awaitable[object]], None]:
+    from css_core.plugins import build_registry, plugin_manager
     from css_core.types import CSSRequest, Message
 
-    _, registry = _registry(base_url)
+    settings = _settings(base_url)
+    pm, infos, errors = plugin_manager()
+    registry = build_registry(settings, pm, infos, errors)
     provider = registry.by_name("OPENAI")
-    hooks, spec = provider.hooks, provider.spec
-    request = CSSRequest(provider="OPENAI", endpoint="completions", model="gpt-4",
-                         messages=(Message("user", "hi"),))
+    spec = provider.spec
+    if hookcaller:  # as build_registry makes them, before binding: without the other providers' plugins
+        others = [impl.plugin for impl in pm.hook.css_provider.get_hookimpls() if impl.function() != spec]
+        encode_params = pm.subset_hook_caller("css_encode_params", remove_plugins=others)
+        postprocess = pm.subset_hook_caller("css_postprocess", remove_plugins=others)
+    else:
+        encode_params, postprocess = provider.hooks["css_encode_params"], provider.hooks["css_postprocess"]
+    request = CSSRequest(provider="OPENAI", endpoint="completions", model="gpt-4", messages=(Message("user", "hi"),))
     import fake_provider
 
     body = fake_provider.completion_body()
+    if encode_params(spec=spec, request=request) is None or postprocess(spec=spec, request=request, body=body) is None:
+        raise RuntimeError("the OpenAI plugin's hooks answered None")
 
     async def op() -> object:
-        hooks["css_encode_params"](spec=spec, request=request)
-        return hooks["css_postprocess"](spec=spec, request=request, body=body)
+        encode_params(spec=spec, request=request)
+        return postprocess(spec=spec, request=request, body=body)
 
     return op, None
 
@@ -186,11 +259,23 @@ async def case_prepare(base_url: str) -> tuple[Callable[[], Awaitable[object]], 
 
 def _asgi_caller(app):  # type: ignore[no-untyped-def]
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/service_output", "raw_path": b"/service_output", "query_string": b"", "root_path": "",
-        "headers": [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
-                    (b"content-length", str(len(JOB)).encode())],
-        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000), "state": {},
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/service_output",
+        "raw_path": b"/service_output",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"127.0.0.1"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(JOB)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
     }
 
     async def op() -> object:
@@ -237,8 +322,15 @@ async def case_asgi_app(base_url: str) -> tuple[Callable[[], Awaitable[object]],
     from css_core.app import create_app
 
     settings, registry = _registry(base_url)
+    threshold = gc.get_threshold()
     app = create_app(settings, registry)
-    close = await _lifespan(app)
+    close_app = await _lifespan(app)  # its start-up freezes the heap and raises the gc threshold
+
+    async def close() -> None:
+        await close_app()
+        gc.unfreeze()  # not for the cases after this one
+        gc.set_threshold(*threshold)
+
     return _asgi_caller(app), close
 
 
@@ -250,8 +342,9 @@ async def case_asgi_hello() -> tuple[Callable[[], Awaitable[object]], Callable[[
         await request.body()
         return Response(b'{"output":"hello"}', media_type="application/json")
 
-    app = Litestar(route_handlers=[handler], logging_config=None,
-                   signature_namespace={"Request": Request, "Response": Response})
+    app = Litestar(
+        route_handlers=[handler], logging_config=None, signature_namespace={"Request": Request, "Response": Response}
+    )
     close = await _lifespan(app)
     return _asgi_caller(app), close
 
@@ -266,26 +359,22 @@ async def case_asgi_minimal(base_url: str) -> tuple[Callable[[], Awaitable[objec
     return _asgi_caller(app), close
 
 
-async def case_asgi_app_aiohttp(
-    base_url: str, fast: bool
-) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
-    import variants
-
-    variants._patch_aiohttp()  # for the rest of this process: these cases run last
-    if fast:
-        variants._patch_fast_first_attempt()
-    op, close_app = await case_asgi_app(base_url)
-
-    async def close() -> None:
-        await close_app()
-        await variants._close_session()
-
-    return op, close
-
-
-# the aiohttp-patched cases change css_core for the rest of the process: keep them last
-CASES = ["raw", "httpx-service", "httpx-default", "aiohttp", "tenacity", "pluggy", "prepare", "asgi-hello", "asgi-app",
-         "asgi-minimal-aiohttp", "asgi-app-aiohttp", "asgi-app-aiohttp-fastretry"]
+CASES = [
+    "raw",
+    "aiohttp",
+    "httpx-plugin",
+    "httpx-service",
+    "httpx-default",
+    "first-attempt",
+    "tenacity",
+    "pluggy",
+    "pluggy-hookcaller",
+    "prepare",
+    "asgi-hello",
+    "asgi-app",
+    "asgi-minimal-aiohttp",
+]
+CPU_ONLY = {"first-attempt", "tenacity", "pluggy", "pluggy-hookcaller", "prepare"}  # no I/O: 10x --n, conc 1
 
 
 async def main_async(args: argparse.Namespace, url: str, base_url: str) -> None:
@@ -296,23 +385,29 @@ async def main_async(args: argparse.Namespace, url: str, base_url: str) -> None:
             continue
         cells = []
         for conc in args.conc:
-            if name in ("tenacity", "pluggy", "prepare", "asgi-hello") and conc != 1:
+            if (name in CPU_ONLY or name == "asgi-hello") and conc != 1:
                 cells.append("—")
                 continue
             factory = {
-                "httpx-service": lambda: case_httpx(url, False), "httpx-default": lambda: case_httpx(url, True),
-                "aiohttp": lambda: case_aiohttp(url), "raw": lambda: case_raw(url), "tenacity": case_tenacity,
-                "pluggy": lambda: case_pluggy(base_url), "prepare": lambda: case_prepare(base_url),
-                "asgi-app": lambda: case_asgi_app(base_url), "asgi-hello": case_asgi_hello,
+                "raw": lambda: case_raw(url),
+                "aiohttp": lambda: case_aiohttp(url),
+                "httpx-plugin": lambda: case_httpx_plugin(url),
+                "httpx-service": lambda: case_httpx(url, False),
+                "httpx-default": lambda: case_httpx(url, True),
+                "first-attempt": lambda: case_first_attempt(base_url),
+                "tenacity": case_tenacity,
+                "pluggy": lambda: case_pluggy(base_url, False),
+                "pluggy-hookcaller": lambda: case_pluggy(base_url, True),
+                "prepare": lambda: case_prepare(base_url),
+                "asgi-hello": case_asgi_hello,
+                "asgi-app": lambda: case_asgi_app(base_url),
                 "asgi-minimal-aiohttp": lambda: case_asgi_minimal(base_url),
-                "asgi-app-aiohttp": lambda: case_asgi_app_aiohttp(base_url, False),
-                "asgi-app-aiohttp-fastretry": lambda: case_asgi_app_aiohttp(base_url, True),
             }[name]
             op, close = await factory()
             if args.gc == "freeze":
                 gc.collect()
                 gc.freeze()
-            n = args.n * (10 if name in ("tenacity", "pluggy", "prepare") else 1)
+            n = args.n * (10 if name in CPU_ONLY else 1)
             cpu, wall = await drive(op, n, conc)
             if close:
                 await close()
@@ -327,8 +422,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", default="")
     p.add_argument("--pin-fake", default="1")
     p.add_argument("--pin-self", default="0")
-    p.add_argument("--gc", choices=("on", "off", "freeze"), default="on",
-                   help="off: gc.disable(); freeze: gc.freeze() before each case (what cyclic GC costs)")
+    p.add_argument(
+        "--gc",
+        choices=("on", "off", "freeze"),
+        default="on",
+        help="off: gc.disable(); freeze: gc.freeze() before each case (what cyclic GC costs)",
+    )
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     args.conc = [int(c) for c in args.conc.split(",")]
@@ -340,15 +439,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.gc == "off":
         gc.disable()
     port = run.free_port()
-    fake = run.Server(run.pinned(args.pin_fake, [sys.executable, str(BENCH / "fake_provider.py"), "--port", str(port)]),
-                      port, name="fake")
+    fake = run.Server(
+        run.pinned(args.pin_fake, [sys.executable, str(BENCH / "fake_provider.py"), "--port", str(port)]),
+        port,
+        name="fake",
+    )
     try:
         fake.wait_ready()
         base = f"http://127.0.0.1:{port}/v1"
         uvloop.run(main_async(args, base + "/chat/completions", base))
     finally:
         fake.stop()
-
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ UVICORN_SERVER = (
 def server_command(spec: str) -> tuple[str, dict[str, str]]:
     """`--server`: a command template, or `granian`, `granian:VARIANT`, `uvicorn:VARIANT`.
 
-    VARIANT is a factory of bench/variants.py (e.g. aiohttp_app); bench/ is then put on
+    VARIANT is a factory of bench/variants.py (e.g. minimal_app); bench/ is then put on
     PYTHONPATH for the service.
     """
     env: dict[str, str] = {}
