@@ -17,7 +17,7 @@ import nox
 ROOT = Path(__file__).resolve().parent
 PYTHONS = ["3.11", "3.12", "3.13"]
 COMPAT_PYTHON = "3.12"
-TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6.100", "schemathesis>=4"]
+TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6.100", "schemathesis>=4", "eth-abi>=5.0"]
 LINT_PATHS = ["css_core", "plugins", "tests", "bench", "noxfile.py"]
 # Linters gain rules with each release: their versions move only when someone bumps them here.
 RUFF = "ruff>=0.17,<0.18"

@@ -23,6 +23,7 @@ from css_core.plugins import build_registry
 from css_core.types import Message
 from css_core.workflow import Workflow
 from tests.test_bad_input import aliased_abi
+from tests.test_codec import assert_decodes_as_eth_abi
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TYPES = ["uint8", "uint8", "string", "(string,string)[]"]
@@ -79,7 +80,9 @@ valid_encodings = st.builds(codec.encode_request, uint8, uint8, texts, messages)
 
 @FAST
 @given(st.binary(max_size=600) | valid_encodings.flatmap(mutations))
-@example(bytes.fromhex(aliased_abi(copies=50, length=1000)))  # a decoding bomb: one string, 100 times
+@example(
+    bytes.fromhex(aliased_abi(copies=50, length=992))
+)  # a decoding bomb: one string (padded: only the size guard stops it), 100 times
 def test_any_bytes_decode_or_are_invalid_jobs(raw: bytes) -> None:
     try:
         decoded = codec.decode_request(raw)
@@ -87,6 +90,16 @@ def test_any_bytes_decode_or_are_invalid_jobs(raw: bytes) -> None:
         return
     strings = [decoded.model, *(text for m in decoded.messages for text in (m.role, m.content))]
     assert sum(len(s.encode()) for s in strings) <= len(raw)  # never more than the input holds
+
+
+@settings(FAST, max_examples=300)
+@given(st.binary(max_size=600) | valid_encodings.flatmap(mutations))
+@example(bytes.fromhex(aliased_abi(copies=50, length=992)))  # the one difference: eth-abi decodes the bomb
+@example(bytes.fromhex(aliased_abi(copies=3, length=32)))  # aliased, but small: both decode it
+def test_codec_decodes_as_eth_abi_does(raw: bytes) -> None:
+    """On these wild words too, `decode_request` refuses what eth-abi refuses and decodes the
+    same values from the rest (but for strings adding up to more bytes than the data)."""
+    assert_decodes_as_eth_abi(raw)
 
 
 @FAST
@@ -116,9 +129,14 @@ requests = st.fixed_dictionaries(
         "provider": providers | json_values,
         "endpoint": endpoints | json_values,
         "params": st.fixed_dictionaries(
-            {}, optional={"endpoint": endpoints, "messages": st.lists(message_objects, max_size=20) | json_values,
-                          "input": texts | json_values},
-        ) | json_values,
+            {},
+            optional={
+                "endpoint": endpoints,
+                "messages": st.lists(message_objects, max_size=20) | json_values,
+                "input": texts | json_values,
+            },
+        )
+        | json_values,
         "extra_args": st.dictionaries(st.text(max_size=10), json_values, max_size=3) | json_values,
     },
 )
@@ -143,6 +161,7 @@ def test_any_body_is_a_job_or_a_css_error(body: bytes) -> None:
 
 
 # -- the HTTP API against its own OpenAPI schema -------------------------------------------------------------
+
 
 def test_api_conforms_to_its_schema(url: str) -> None:
     """Requests made from the schema the running service serves (valid and invalid ones): never a 5xx,
