@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,12 +18,21 @@ from litestar.types import ASGIApp
 
 from css_core import __version__
 from css_core.config import Settings, load_settings
-from css_core.errors import CSSError, Unauthorized
+from css_core.errors import CSSError
 from css_core.openapi import JSON, JSON_OBJECT, RESULT, ServiceOutputOperation, errors
 from css_core.plugins import Registry, build_registry
 from css_core.provider_http import ProviderHTTP
 from css_core.resources import SERVICE_ID, is_supported, service_resources
-from css_core.service_output import UNAUTHORIZED, Receive, Scope, Send, ServiceOutput, error_response, log_failure
+from css_core.service_output import (
+    INTERNAL_ERROR,
+    Receive,
+    Scope,
+    Send,
+    ServiceOutput,
+    check_bearer,
+    error_response,
+    log_failure,
+)
 from css_core.workflow import Workflow
 
 __all__ = ("Service", "create_app")
@@ -64,7 +72,7 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     logger.error("unexpected error on %s %s: %r", request.method, request.url.path, exc, exc_info=exc)
-    return _error(500, "internal error in the service; its log has the details")
+    return _error(500, INTERNAL_ERROR)
 
 
 def _service(request: Request[Any, Any, Any]) -> Service:
@@ -73,13 +81,11 @@ def _service(request: Request[Any, Any, Any]) -> Service:
 
 
 def _bearer_guard(token: str) -> Any:
-    """Refuse a request whose `Authorization: Bearer` is not `token` (compared in constant time)."""
+    """Refuse a request whose `Authorization: Bearer` is not `token`."""
     expected = f"Bearer {token}".encode()
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-        given = connection.headers.get("authorization", "").encode("utf-8", "replace")
-        if not hmac.compare_digest(given, expected):
-            raise Unauthorized(UNAUTHORIZED)
+        check_bearer(connection.scope["headers"], expected)
 
     return guard
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, MutableMapping
 from http import HTTPStatus
 from typing import Any
 
@@ -27,7 +27,16 @@ from css_core.messages import ErrorBody, JobLocation, OffchainOutput, OnchainOut
 from css_core.plugins import Registry
 from css_core.workflow import Workflow
 
-__all__ = ("UNAUTHORIZED", "Receive", "Scope", "Send", "ServiceOutput", "error_response", "log_failure")
+__all__ = (
+    "INTERNAL_ERROR",
+    "Receive",
+    "Scope",
+    "Send",
+    "ServiceOutput",
+    "check_bearer",
+    "error_response",
+    "log_failure",
+)
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -37,7 +46,7 @@ logger = logging.getLogger("css_core.app")
 _encode = msgspec.json.Encoder().encode
 _JSON = [(b"content-type", b"application/json")]
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
-UNAUTHORIZED = "missing or wrong `Authorization: Bearer` token (set by the node's container config)"
+INTERNAL_ERROR = "internal error in the service; its log has the details"
 
 
 def error_response(
@@ -46,6 +55,15 @@ def error_response(
     """An error as the service answers it: status, `ErrorBody` JSON, extra headers."""
     body = ErrorBody(code=str(status), name=HTTPStatus(status).phrase, description=description)
     return status, _encode(body), headers or {}
+
+
+def check_bearer(headers: Iterable[tuple[bytes, bytes]], expected: bytes | None) -> None:
+    """Refuse a request whose `Authorization` is not `expected` (compared in constant time); `None`: no token."""
+    if expected is None:
+        return
+    given = next((value for name, value in headers if name == b"authorization"), b"")
+    if not hmac.compare_digest(given, expected):
+        raise Unauthorized("missing or wrong `Authorization: Bearer` token (set by the node's container config)")
 
 
 def log_failure(exc: CSSError) -> None:
@@ -60,12 +78,12 @@ class ServiceOutput:
         self.registry = registry
         self.workflow = workflow
         token = settings.bearer_token
-        self._expected_authorization = f"Bearer {token}".encode() if token else None
+        self._authorization = f"Bearer {token}".encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks: AsyncGenerator[str, None] | None = None
         try:
-            self._authorize(scope)
+            check_bearer(scope["headers"], self._authorization)
             job = decode_job(await self._body(scope, receive), self.registry, self.settings)
             if job.destination is JobLocation.STREAM:
                 chunks = await self.workflow.stream(job.request)
@@ -81,20 +99,13 @@ class ServiceOutput:
             await _answer(send, *error_response(exc.status, exc.message, exc.headers))
         except Exception as exc:
             logger.error("unexpected error on POST /service_output: %r", exc, exc_info=exc)
-            await _answer(send, *error_response(500, "internal error in the service; its log has the details"))
+            await _answer(send, *error_response(500, INTERNAL_ERROR))
         else:
             if chunks is None:
                 await _answer(send, 200, _encode(output))
             else:
                 # a failure from here on aborts the response: the server closes the connection
                 await _relay(chunks, receive, send)
-
-    def _authorize(self, scope: Scope) -> None:
-        if self._expected_authorization is None:
-            return
-        given = next((value for name, value in scope["headers"] if name == b"authorization"), b"")
-        if not hmac.compare_digest(given, self._expected_authorization):
-            raise Unauthorized(UNAUTHORIZED)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
         limit = self.settings.max_body_bytes
