@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -46,10 +47,14 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+# what could take a path out of the provider's base URL: a query, a fragment, a backslash,
+# controls and spaces, or a "." / ".." segment
+_UNSAFE_PATH = re.compile(r"[?#\\\x00-\x20\x7f]|(?:^|/)\.\.?(?:/|$)")
+
+
 def _checked_path(path: str) -> str:
     """The plugin's path, refused if a job's value in it could leave the provider's base URL."""
-    unsafe = any(c in "?#\\" or ord(c) < 0x21 or c == "\x7f" for c in path)
-    if unsafe or any(segment in (".", "..") for segment in path.split("/")):
+    if _UNSAFE_PATH.search(path):
         raise InvalidJob(f"the request would change the provider's URL ({path!r}); check the model name")
     return path if path.startswith("/") else "/" + path
 
