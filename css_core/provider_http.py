@@ -93,8 +93,8 @@ def _aiohttp_failures() -> Iterator[None]:
 class ProviderHTTP:
     """One worker's HTTP to providers: `post` and `events` for the core, `client` for plugins.
 
-    Use as an async context manager, inside the worker's event loop. `client` is `None`
-    unless `plugin_calls`: no installed plugin makes its own calls.
+    Use as an async context manager, inside the worker's event loop. `client` exists only
+    with `plugin_calls` (an installed plugin makes its own calls); otherwise it is `None`.
     """
 
     client: httpx.AsyncClient | None = None

@@ -137,14 +137,15 @@ async def _relay(chunks: AsyncGenerator[str, None], receive: Receive, send: Send
     assert relay is not None
     streaming, left = True, False
 
-    def on_disconnect(_: object) -> None:
+    def on_disconnect(watcher: asyncio.Future[Any]) -> None:
         nonlocal left
-        if streaming:
+        said = None if watcher.cancelled() or watcher.exception() else watcher.result()
+        if streaming and said is not None and said["type"] == "http.disconnect":
             left = True
             relay.cancel()
 
     # uvicorn's `send` ignores a client that left; only `receive` says so
-    watcher = asyncio.ensure_future(receive())
+    watcher: asyncio.Future[Any] = asyncio.ensure_future(receive())
     watcher.add_done_callback(on_disconnect)
     try:
         await send({"type": "http.response.start", "status": 200, "headers": _TEXT})

@@ -132,7 +132,7 @@ def test_slots_come_back_after_the_client_left_a_stream(capped: Capped) -> None:
         with capped.http.stream("POST", f"{capped.url}/service_output", json=job(chat(), destination=STREAM)) as r:
             assert r.status_code == 200
             next(r.iter_raw())  # the first chunk, then the client goes away
-    # the service notices at its next write, closes the provider's stream and frees the slot
+    # the service notices at once, closes the provider's stream and frees the slot
     assert capped.double.wait_for_streams(CAP + 1) == ["client_closed"] * (CAP + 1)
     capped.double.chunk_delay = 0.0
     capped.assert_idle()
