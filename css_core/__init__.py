@@ -9,7 +9,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from css_core import openai_format
-from css_core.errors import InvalidJob, ProviderBadResponse, ProviderHTTPError
+from css_core.errors import InvalidJob, ProviderBadResponse, ProviderHTTPError, ProviderUnreachable
 from css_core.hookspecs import hookimpl
 from css_core.types import CSSRequest, Message, PreparedCall, ProviderCall, ProviderSpec, Result
 
@@ -22,6 +22,7 @@ __all__ = (
     "ProviderCall",
     "ProviderHTTPError",
     "ProviderSpec",
+    "ProviderUnreachable",
     "Result",
     "__version__",
     "hookimpl",

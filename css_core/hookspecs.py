@@ -74,8 +74,9 @@ def css_call(
     Called once per attempt; the workflow retries around it. Implement it only for a
     provider that is not plain JSON over HTTP, and make the call with `client`, the
     worker's pooled `httpx.AsyncClient`. Raise `css_core.ProviderHTTPError` for a non-2xx
-    answer; `httpx.TransportError`s are retried too. `None` (or no implementation): the
-    core POSTs `call.content` to `call.url` itself, over the same pool.
+    answer; `httpx.TransportError`s (and `css_core.ProviderUnreachable`) are retried too.
+    `None` (or no implementation): the core POSTs `call.content` to `call.url` itself, over
+    the same pool.
     """
 
 
