@@ -1,4 +1,5 @@
-"""The Litestar application: the container's HTTP contract, and errors mapped to it."""
+"""The ASGI app of one worker: Litestar serves and documents the container's HTTP contract;
+`POST /service_output`, every job's route, goes to `ServiceOutput` before Litestar routes it."""
 
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # What start-up built lives as long as the worker: frozen, the collector no longer scans
-        # it, and it collects less often. The defaults cost ~90 µs of CPU per job under load
+        # it, and it collects less often. The defaults cost ~95 µs of CPU per job under load
         # (a full collection of Litestar's objects took ~65 ms; bench/RESULTS.md).
         gc.freeze()
         gc.set_threshold(10_000)
