@@ -9,12 +9,14 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from css_core import openai_format
-from css_core.errors import InvalidJob, ProviderBadResponse, ProviderHTTPError, ProviderUnreachable
+from css_core.config import Settings
+from css_core.errors import ConfigError, InvalidJob, ProviderBadResponse, ProviderHTTPError, ProviderUnreachable
 from css_core.hookspecs import hookimpl
 from css_core.types import CSSRequest, Message, PreparedCall, ProviderCall, ProviderSpec, Result
 
 __all__ = (
     "CSSRequest",
+    "ConfigError",
     "InvalidJob",
     "Message",
     "PreparedCall",
@@ -24,6 +26,7 @@ __all__ = (
     "ProviderSpec",
     "ProviderUnreachable",
     "Result",
+    "Settings",
     "__version__",
     "hookimpl",
     "openai_format",

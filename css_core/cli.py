@@ -19,6 +19,7 @@ from css_core import __version__
 from css_core.config import load_settings
 from css_core.errors import ConfigError
 from css_core.plugins import Registry, build_registry
+from css_core.provider_http import ssl_context
 
 __all__ = ("main", "parse_bind")
 
@@ -86,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = load_settings()
         registry = build_registry(settings)
+        ssl_context(settings)  # a bad SSL_CERT_FILE stops start-up here, not in each worker
     except ConfigError as exc:
         print(f"css-inference-service: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -22,16 +22,28 @@ for the providers it names; `CSS_EXTRA_MODELS`, of the same shape, then adds mod
 it. Provider names match in any case. A job may still name any model: the catalogue is
 only what the node advertises.
 
+`CSS_INF_WORKFLOW_KW_ARGS` holds the operator's defaults for every provider request body;
+a key that is a provider's name (upper case) with an object value holds defaults for that
+provider only, e.g. `{"temperature": 0.2, "ANTHROPIC": {"max_tokens": 512}}`.
+`SSL_CERT_FILE` names a PEM file of the certificate authorities the provider calls trust
+(instead of the bundled ones): a TLS-intercepting egress proxy's CA, or a test CA.
+`HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` are honoured from the process environment.
+
+Plugins read their own variables through the same object (`css_provider(config)`), with
+`get`, `integer` and `number`, so that one that does not parse stops start-up naming it.
+
 A variable that does not parse raises `ConfigError` naming it and what it expected.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
+import dotenv
 import msgspec
 
 from css_core.errors import ConfigError
@@ -58,6 +70,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     default_provider: str = "OPENAI"
     default_endpoint: str = "completions"
     request_defaults: dict[str, Any] = {}
+    provider_defaults: dict[str, dict[str, Any]] = {}  # by upper-case provider name
     retry: RetryPolicy = RetryPolicy()
     request_timeout: float = 60.0
     job_deadline: float = 150.0
@@ -78,28 +91,32 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def stream_deadline(self) -> float:
         return min(self.job_deadline, _STREAM_DEADLINE_CAP)
 
-    def get(self, name: str) -> str | None:
-        """A variable's value, `None` when unset or empty."""
-        return self.environ.get(name) or None
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """A variable's value; `default` when unset or empty."""
+        return self.environ.get(name) or default
+
+    def integer(self, name: str, default: int, minimum: int = 1) -> int:
+        """A whole-number variable, at least `minimum`; `default` when unset."""
+        value = _number(self.environ, name, int, minimum)
+        return default if value is None else int(value)
+
+    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
+        """A numeric variable, at least `minimum`; `default` when unset."""
+        value = _number(self.environ, name, float, minimum)
+        return default if value is None else float(value)
+
+    def defaults_for(self, provider: str) -> dict[str, Any]:
+        """The operator's body defaults for `provider`: the shared ones, then its own over them."""
+        return {**self.request_defaults, **self.provider_defaults.get(provider.upper(), {})}
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """Parse `KEY=value` lines (optionally `export`-ed and quoted); `#` starts a comment."""
-    values: dict[str, str] = {}
+    """The variables of a `.env` file, as python-dotenv reads them (quotes, comments, `export`),
+    taken literally: a `$` in a key is not expanded."""
     if not path.is_file():
-        return values
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        else:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key.strip()] = value
-    return values
+        return {}
+    values = dotenv.dotenv_values(path, interpolate=False, encoding="utf-8")
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def _json(environ: Mapping[str, str], name: str, expected: str, type_: Any) -> Any:
@@ -165,6 +182,7 @@ def _jitter(value: Any, name: str) -> tuple[float, float]:
     return float(value[0]), float(value[1])
 
 
+_PROVIDER_NAME = re.compile(r"[A-Z][A-Z0-9_]*")
 _CATALOGUE = dict[str, list[Annotated[str, msgspec.Meta(min_length=1)]]]
 
 
@@ -185,6 +203,13 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         raise ConfigError(f"CSS_INF_WORKFLOW_POSITIONAL_ARGS must be {expected}, got {positional!r}")
     kw_args = dict(_json(env, "CSS_INF_WORKFLOW_KW_ARGS", "a JSON object", dict[str, Any]) or {})
     retry_params = kw_args.pop("retry_params", None)
+    scoped = {name: kw_args.pop(name) for name in list(kw_args) if _PROVIDER_NAME.fullmatch(name)}
+    for name, value in scoped.items():
+        if not isinstance(value, dict):
+            raise ConfigError(
+                f"CSS_INF_WORKFLOW_KW_ARGS: {name} (a provider's name) must hold a JSON object of that "
+                f"provider's defaults, got {value!r}"
+            )
     if retry_params is not None and not isinstance(retry_params, dict):
         raise ConfigError(f"CSS_INF_WORKFLOW_KW_ARGS: retry_params must be a JSON object, got {retry_params!r}")
 
@@ -214,6 +239,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         default_provider=positional[0] if positional else "OPENAI",
         default_endpoint=positional[1] if positional else "completions",
         request_defaults=kw_args,
+        provider_defaults=scoped,
         retry=RetryPolicy(**retry),
         request_timeout=60.0 if timeout is None else float(timeout),
         job_deadline=150.0 if deadline is None else float(deadline),

@@ -1,4 +1,4 @@
-"""The service's errors, each mapped to one HTTP status in one place (`service_output.error_response`).
+"""The service's errors, each mapped to one HTTP status in one place (`app.py`'s exception handlers).
 
 Every error carries a message the caller can act on; none ever contains an API key.
 
@@ -10,6 +10,8 @@ Every error carries a message the caller can act on; none ever contains an API k
     │   └── ProviderRejected: the provider refused the request (its 4xx, not retried)
     ├── Unauthorized (401): missing or wrong bearer token
     ├── PayloadTooLarge (413)
+    ├── UnsupportedMediaType (415): the body is not sent as `application/json`
+    ├── PluginFailed (500): a plugin's own code raised (a bug in the plugin, not retried)
     ├── ServiceBusy (503): too many calls in flight to one provider
     └── ProviderFailed (502): the provider failed after every attempt
         └── ProviderTimeout (504): the job deadline passed
@@ -30,6 +32,7 @@ __all__ = (
     "ConfigError",
     "InvalidJob",
     "PayloadTooLarge",
+    "PluginFailed",
     "ProofsNotSupported",
     "ProviderBadResponse",
     "ProviderFailed",
@@ -40,6 +43,7 @@ __all__ = (
     "ProviderUnreachable",
     "ServiceBusy",
     "Unauthorized",
+    "UnsupportedMediaType",
 )
 
 
@@ -83,6 +87,14 @@ class PayloadTooLarge(CSSError):
     status = 413
 
 
+class UnsupportedMediaType(CSSError):
+    status = 415
+
+
+class PluginFailed(CSSError):
+    status = 500
+
+
 class ServiceBusy(CSSError):
     status = 503
 
@@ -106,24 +118,36 @@ class ConfigError(Exception):
 class ProviderHTTPError(Exception):
     """The provider answered one attempt with a non-2xx status.
 
-    Raised by `css_call` / `css_call_stream` implementations. `retry_after` is the
-    provider's `Retry-After` in seconds, when it sent one.
+    `message` is the provider's own words; `retry_after` its retry hint in seconds. The
+    provider's plugin may decide (`css_read_error`) whether the status is `retryable` and
+    whether it means the service's key was refused (`key_refused`); `None` leaves it to the
+    provider's `retryable_statuses` and to 401/403.
     """
 
-    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        retryable: bool | None = None,
+        key_refused: bool | None = None,
+    ) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
         self.retry_after = retry_after
+        self.retryable = retryable
+        self.key_refused = key_refused
 
 
 class ProviderBadResponse(Exception):
-    """The provider's answer could not be read (not JSON, or not the expected shape)."""
+    """The provider's answer could not be read (not JSON, not the expected shape, an error
+    event in a stream): the attempt is retried."""
 
 
 class ProviderUnreachable(Exception):
     """One attempt got no answer: no connection, a dropped one, or a read timeout.
 
-    Raised by the core's own call; an `httpx.TransportError` from a plugin's call becomes
-    one. The message names the cause, and never holds a key.
+    The message names the cause, and never holds a key.
     """

@@ -3,94 +3,134 @@
 A plugin is any module or object registered under the `css_inference_service` entry-point
 group whose functions carry `@hookimpl`. A plugin that implements `css_provider` owns one
 provider; the per-job hooks below are then called on that plugin only (and on plugins
-that own no provider), never on another provider's plugin. Every per-job hook is
-`firstresult`: the first non-`None` answer wins, and plugins registered later, or marked
-`tryfirst`, are asked first.
+that own no provider, such as the core's own HTTP call), never on another provider's
+plugin. Every per-job hook is `firstresult`: the first non-`None` answer wins, and
+plugins registered later, or marked `tryfirst`, are asked first.
 
-Each hook may omit arguments it does not need, as with any pluggy hook.
+Each hook may omit arguments it does not need, as with any pluggy hook. A plugin for a
+JSON-over-HTTP provider implements `css_provider`, `css_encode_params` and
+`css_postprocess` (and `css_parse_stream_event` to stream); the others have defaults.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
     import httpx
 
+    from css_core.config import Settings
+    from css_core.errors import ProviderHTTPError
     from css_core.types import CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
 
 __all__ = (
     "PROJECT",
     "css_call",
     "css_call_stream",
+    "css_encode_options",
     "css_encode_params",
     "css_parse_stream_event",
     "css_postprocess",
     "css_provider",
+    "css_read_error",
     "hookimpl",
     "hookspec",
 )
 
+#: The pluggy project name, which is also the entry-point group plugins register under.
 PROJECT = "css_inference_service"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def css_provider() -> ProviderSpec | None:
+def css_provider(config: Settings) -> ProviderSpec | None:
     """Describe the provider this plugin serves.
 
-    Called once per plugin at start-up, before any job. Return the `ProviderSpec`
-    (name, on-chain id, endpoints, key variable, default base URL, model catalogue,
-    retryable statuses). `None`: this plugin serves no provider of its own; its other
-    hooks then apply to every provider.
+    Called once per plugin at start-up, before any job. Return the `ProviderSpec` (name,
+    on-chain id, endpoints, key variable and how the key is sent, fixed headers, default
+    base URL, model catalogue, retryable statuses, default body options). `config` reads the
+    plugin's own settings from the environment and `.env` (`config.get(name)`,
+    `config.integer(name, default)`, ...); a value that does not parse raises `ConfigError`
+    naming the variable, which stops start-up. `None`: this plugin serves no provider of its
+    own; its other hooks then apply to every provider.
 
-    Two plugins returning the same name or on-chain id stop start-up; a plugin whose
-    hook raises is reported by name and left out, and the others still serve.
+    Two plugins returning the same name or on-chain id stop start-up; a plugin whose hook
+    raises anything else is reported by name and left out, and the others still serve.
     """
 
 
 @hookspec(firstresult=True)
 def css_encode_params(spec: ProviderSpec, request: CSSRequest) -> ProviderCall | None:
-    """Encode a job as the provider's HTTP request: a path below the base URL and a body.
+    """Encode a job as the provider's HTTP request: a path below the base URL, a JSON body,
+    and the query string the plugin owns.
 
-    Called once per job, before the first attempt. The core then merges the operator's
-    request defaults under the body and the job's `extra_args` over it, sets `"stream"`
-    from the job's destination, and adds the URL, headers and key itself. Raise
-    `css_core.InvalidJob` for a job the provider cannot take (its message reaches the
-    caller as a 400). `None`: the plugin does not serve `request.endpoint` (a 400).
+    Called once per job, before the first attempt. When `request.stream` is true, ask the
+    provider to stream (a body flag such as `"stream": true`, or a path and query of its
+    own): the core adds nothing for it. The core then merges the job's options (see
+    `css_encode_options`) into the body and adds the URL, headers and key. Raise
+    `css_core.InvalidJob` for a job the provider cannot take (its message reaches the caller
+    as a 400). `None`: the plugin does not serve `request.endpoint` (a 400).
+    """
+
+
+@hookspec(firstresult=True)
+def css_encode_options(spec: ProviderSpec, request: CSSRequest, options: dict[str, Any]) -> dict[str, Any] | None:
+    """Place the job's options in the provider's body.
+
+    Called once per job, after `css_encode_params`. `options` are the provider's
+    `default_options`, under the operator's defaults for this provider
+    (`CSS_INF_WORKFLOW_KW_ARGS`), under the job's `extra_args`. Return the fields to merge
+    over the body (e.g. Gemini moves `temperature` into `generationConfig`). `None` (or no
+    implementation): the options are merged into the body as given.
     """
 
 
 @hookspec(firstresult=True)
 def css_call(
-    spec: ProviderSpec, call: PreparedCall, client: httpx.AsyncClient
+    spec: ProviderSpec, call: PreparedCall, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport
 ) -> Awaitable[bytes] | None:
-    """Send one attempt of a non-streaming call and return an awaitable of the body.
+    """Send one attempt of a non-streaming call and return an awaitable of the 2xx body.
 
-    Called once per attempt; the workflow retries around it. Implement it only for a
-    provider that is not plain JSON over HTTP, and make the call with `client`, the
-    worker's pooled `httpx.AsyncClient`. Raise `css_core.ProviderHTTPError` for a non-2xx
-    answer; `httpx.TransportError`s (and `css_core.ProviderUnreachable`) are retried too.
-    `None` (or no implementation): the core POSTs `call.content` to `call.url` itself, over
-    the same pool.
+    Called once per attempt; the workflow retries around it. The core implements it
+    (`trylast`): it POSTs `call.content` to `call.url` with `call.headers` through
+    `transport`, and has `css_read_error` read a non-2xx answer. Implement it only for a
+    provider that is not JSON over HTTP, with `client` (the worker's pooled
+    `httpx.AsyncClient`) or `transport` (the pool under it), within `call.timeout`; raise
+    `ProviderHTTPError` for a non-2xx answer and `ProviderUnreachable` for a failed
+    connection (an `httpx.TransportError` counts as one). `None`: the next implementation
+    makes the call.
     """
 
 
 @hookspec(firstresult=True)
 def css_call_stream(
-    spec: ProviderSpec, call: PreparedCall, client: httpx.AsyncClient
+    spec: ProviderSpec, call: PreparedCall, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport
 ) -> AsyncIterator[bytes] | None:
     """Send one attempt of a streaming call; return an async iterator of event payloads.
 
-    Called once per attempt, until one yields its first text. The iterator must raise
-    `ProviderHTTPError` before yielding anything when the status is not 2xx, so the
-    failure can be retried and answered as an error status. `None` (or no
-    implementation): the core POSTs the call itself, reads server-sent events and yields
-    each event's `data` as bytes, ending at `data: [DONE]`.
+    Called once per attempt, until one yields its first text. The core implements it
+    (`trylast`): it POSTs the call and yields the `data` of each server-sent event (the
+    lines of a multi-line `data` joined with a newline; `event:`, `id:` and comment lines
+    ignored) until `data: [DONE]` or the end of the answer. An implementation must raise
+    `ProviderHTTPError` before yielding anything when the status is not 2xx, so the failure
+    can be retried and answered as an error status. `None`: the next implementation does.
+    """
+
+
+@hookspec(firstresult=True)
+def css_read_error(spec: ProviderSpec, status: int, body: bytes, retry_after: float | None) -> ProviderHTTPError | None:
+    """Read a non-2xx answer of the provider as a `ProviderHTTPError`.
+
+    Called once per failed attempt, with the answer's status, body and `Retry-After` (in
+    seconds, `None` when absent). Return the error with the provider's own message, and,
+    where the status alone does not say it, whether it is `retryable`, whether it means the
+    service's key was refused (`key_refused`: answered 502 like a 401), and the retry hint
+    the body carries. The core implements it (`trylast`) for OpenAI's error shape
+    (`{"error": {"message": ...}}`) and plain text. `None`: the next implementation reads it.
     """
 
 
@@ -99,9 +139,10 @@ def css_postprocess(spec: ProviderSpec, request: CSSRequest, body: bytes) -> Res
     """Extract the job's result from the provider's 2xx body.
 
     Called once per successful attempt, inside the retry loop. Return the completion's
-    text or the embedding. Raise `ProviderBadResponse` (or let `msgspec` raise) for a
-    body that cannot be read: the attempt is then retried. `None`: the body holds no
-    result, answered as a provider failure.
+    text or the embedding. Raise `ProviderBadResponse` (or let `msgspec` raise, or index a
+    missing item) for a body that cannot be read: the attempt is then retried. Any other
+    exception is a bug in the plugin: a 500 naming it, not retried. `None`: the body holds
+    no result, answered as a provider failure.
     """
 
 
@@ -111,5 +152,6 @@ def css_parse_stream_event(spec: ProviderSpec, request: CSSRequest, data: bytes)
 
     Called for each event payload of a stream, in order. `None` (or "") means the event
     carries no text (a role-only delta, a keep-alive) and is skipped. Raise
-    `ProviderBadResponse` for an event that cannot be read.
+    `ProviderBadResponse` for an event that cannot be read or that reports an error: before
+    the first text it is retried like a 5xx; after it, the stream ends as a cut stream.
     """

@@ -6,6 +6,8 @@ hosted or local model servers) builds on these instead of redefining the message
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from css_core.types import CSSRequest, ProviderCall
@@ -51,9 +53,12 @@ _embeddings = msgspec.json.Decoder(_Embeddings)
 
 
 def chat_call(request: CSSRequest, path: str = "/chat/completions") -> ProviderCall:
-    """`POST {base}/chat/completions` with `{model, messages}`."""
+    """`POST {base}/chat/completions` with `{model, messages}`, and `"stream": true` for a stream."""
     messages = [{"role": m.role, "content": m.content} for m in request.messages]
-    return ProviderCall(path, {"model": request.model, "messages": messages})
+    body: dict[str, Any] = {"model": request.model, "messages": messages}
+    if request.stream:
+        body["stream"] = True
+    return ProviderCall(path, body)
 
 
 def chat_result(body: bytes) -> str | None:

@@ -8,25 +8,23 @@ while the others serve. A hook whose name no hookspec knows (a misspelling) stop
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from itertools import cycle
 from typing import Any
 
 import pluggy
 
-from css_core import hookspecs
+from css_core import default_call, hookspecs
 from css_core.config import Settings
 from css_core.errors import ConfigError, ProviderNotAvailable
 from css_core.types import ProviderSpec
 
-__all__ = ("ENTRY_POINT_GROUP", "PluginInfo", "Provider", "Registry", "build_registry", "plugin_manager")
+__all__ = ("Hooks", "PluginInfo", "Provider", "Registry", "build_registry", "plugin_manager")
 
-ENTRY_POINT_GROUP = "css_inference_service"
-_PER_JOB_HOOKS = ("css_encode_params", "css_call", "css_call_stream", "css_postprocess", "css_parse_stream_event")
 logger = logging.getLogger("css_core")
-# the on-chain ids of the providers this project ships (DESIGN.md), to name one whose plugin is missing
-_SHIPPED_PROVIDERS = {0: "OPENAI", 1: "GOOSEAI", 2: "PERPLEXITYAI"}
+# the on-chain ids of the providers this project ships, to name one whose plugin is missing
+_SHIPPED_PROVIDERS = {0: "OPENAI", 1: "GOOSEAI", 2: "PERPLEXITYAI", 3: "ANTHROPIC", 4: "GEMINI"}
 
 
 @dataclass(frozen=True)
@@ -41,36 +39,79 @@ class PluginInfo:
         return f"{self.distribution} {self.version}".strip()
 
 
+@dataclass(frozen=True)
+class Hooks:
+    """A provider's per-job hooks, each a pluggy `HookCaller` restricted to its own plugin
+    (and to plugins that own no provider, such as the core's call)."""
+
+    encode_params: pluggy.HookCaller
+    encode_options: pluggy.HookCaller
+    call: pluggy.HookCaller
+    call_stream: pluggy.HookCaller
+    read_error: pluggy.HookCaller
+    postprocess: pluggy.HookCaller
+    parse_stream_event: pluggy.HookCaller
+
+
+def _hooks(pm: pluggy.PluginManager, others: list[object]) -> Hooks:
+    def caller(name: str) -> pluggy.HookCaller:
+        return pm.subset_hook_caller(name, remove_plugins=others)
+
+    return Hooks(
+        encode_params=caller("css_encode_params"),
+        encode_options=caller("css_encode_options"),
+        call=caller("css_call"),
+        call_stream=caller("css_call_stream"),
+        read_error=caller("css_read_error"),
+        postprocess=caller("css_postprocess"),
+        parse_stream_event=caller("css_parse_stream_event"),
+    )
+
+
 @dataclass
 class Provider:
-    """A provider as one worker serves it: its spec, where to call it, and its hooks.
+    """A provider as one worker serves it: its spec, where to call it, its keys and its hooks.
 
     `models` is its effective catalogue: the plugin's, as `CSS_MODELS` / `CSS_EXTRA_MODELS`
-    replace or extend it.
+    replace or extend it. `options` are the body fields every job starts from: the
+    plugin's `default_options` under the operator's defaults for this provider.
     """
 
     spec: ProviderSpec
     plugin: PluginInfo
     base_url: str
-    api_key: str | None = field(repr=False)
-    headers: dict[str, str] = field(repr=False)
-    # per-job hooks, restricted to this provider's plugin (and provider-less plugins); a hook
-    # no plugin implements is absent, so the workflow skips it (or makes the call itself)
-    hooks: Mapping[str, Callable[..., Any]] = field(repr=False, default_factory=dict)
+    keys: tuple[str, ...] = field(repr=False)
+    hooks: Hooks = field(repr=False)
     models: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
     in_flight: int = 0  # calls this worker has open to the provider now
+
+    def __post_init__(self) -> None:
+        spec = self.spec
+        self.headers = {"content-type": "application/json", **spec.headers}
+        self._auth = [f"{spec.auth_scheme} {key}" if spec.auth_scheme else key for key in self.keys]
+        self._turn = cycle(range(len(self.keys)))
 
     @property
     def served(self) -> bool:
-        return self.api_key is not None
+        return bool(self.keys)
 
     @property
     def streams(self) -> bool:
         """Whether a plugin reads this provider's streamed events (`css_parse_stream_event`)."""
-        return "css_parse_stream_event" in self.hooks
+        return any(impl.plugin is not default_call for impl in self.hooks.parse_stream_event.get_hookimpls())
 
     def unavailable_reason(self) -> str:
         return f"{self.spec.api_key_env} is not set"
+
+    def next_key(self) -> int:
+        """The position of the key the next attempt uses (the keys are used in turn)."""
+        return next(self._turn)
+
+    def headers_for(self, key: int) -> dict[str, str]:
+        """A new dict of the headers of one call with key number `key`."""
+        return {**self.headers, self.spec.auth_header: self._auth[key]}
+
 
 
 def plugin_manager(load_entry_points: bool = True) -> tuple[pluggy.PluginManager, dict[str, PluginInfo], list[str]]:
@@ -81,10 +122,11 @@ def plugin_manager(load_entry_points: bool = True) -> tuple[pluggy.PluginManager
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.register(default_call, name="css_core.default_call")  # the core's own call, asked last
     infos: dict[str, PluginInfo] = {}
     errors: list[str] = []
     if load_entry_points:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for ep in entry_points(group=hookspecs.PROJECT):
             dist = ep.dist
             info = PluginInfo(ep.name, dist.name if dist else "(unknown)", dist.version if dist else "")
             try:
@@ -105,9 +147,10 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
 
 
 class Registry:
-    """The providers of this service, by name and by on-chain id."""
+    """The providers of this service, by name and by on-chain id, and the plugin manager."""
 
-    def __init__(self, providers: list[Provider], errors: list[str]) -> None:
+    def __init__(self, pm: pluggy.PluginManager, providers: list[Provider], errors: list[str]) -> None:
+        self.pm = pm
         self.providers = providers
         self.errors = errors
         self._by_name = {p.spec.name.upper(): p for p in providers}
@@ -132,27 +175,6 @@ class Registry:
         return f" (installed: {names})" if names else " (no provider plugin is installed)"
 
 
-def _first_result(caller: pluggy.HookCaller) -> Callable[..., Any]:
-    """A per-job hook bound once: its implementations asked in pluggy's order until one answers.
-
-    pluggy finds and orders the implementations on every call (~3 µs; a stream calls a hook
-    per event), so this is done once here. A hook with a wrapper stays a pluggy call.
-    """
-    impls = caller.get_hookimpls()
-    if any(impl.hookwrapper or impl.wrapper for impl in impls):
-        return caller
-    chain = [(impl.function, impl.argnames) for impl in reversed(impls)]  # pluggy calls the last first
-
-    def first_result(**kwargs: Any) -> Any:
-        for function, argnames in chain:
-            result = function(*[kwargs[name] for name in argnames])
-            if result is not None:
-                return result
-        return None
-
-    return first_result
-
-
 def _base_url(spec: ProviderSpec, settings: Settings) -> str:
     variable = spec.base_url_variable
     url = (settings.get(variable) or spec.default_base_url).rstrip("/")
@@ -167,6 +189,58 @@ def _catalogue(spec: ProviderSpec, settings: Settings) -> tuple[str, ...]:
     return tuple(dict.fromkeys(models))  # without duplicates, in order
 
 
+def _keys(spec: ProviderSpec, settings: Settings) -> tuple[str, ...]:
+    """The provider's keys: its variable may hold several, separated by commas."""
+    return tuple(key.strip() for key in (settings.get(spec.api_key_env) or "").split(",") if key.strip())
+
+
+def _options(spec: ProviderSpec, settings: Settings) -> dict[str, Any]:
+    options = {**spec.default_options, **settings.defaults_for(spec.name)}
+    if reserved := sorted(options.keys() & spec.job_fields):
+        raise ConfigError(
+            f"CSS_INF_WORKFLOW_KW_ARGS sets {', '.join(reserved)} for {spec.name}: these are built from each job"
+        )
+    return options
+
+
+def _describe_providers(
+    pm: pluggy.PluginManager, settings: Settings, infos: dict[str, PluginInfo], errors: list[str]
+) -> list[tuple[object, ProviderSpec, PluginInfo]]:
+    """Each provider-owning plugin with its spec; clashes stop start-up, a raising plugin is left out."""
+    owners: list[tuple[object, ProviderSpec, PluginInfo]] = []
+    plugins = [impl.plugin for impl in pm.hook.css_provider.get_hookimpls()]
+    for plugin in plugins:
+        name = pm.get_name(plugin) or repr(plugin)
+        info = infos.get(name, PluginInfo(name))
+        own = pm.subset_hook_caller("css_provider", remove_plugins=[p for p in plugins if p is not plugin])
+        try:
+            spec = next(iter(own(config=settings)), None)
+            if spec is not None and not isinstance(spec, ProviderSpec):
+                raise TypeError(f"css_provider returned {type(spec).__name__}, not ProviderSpec")
+        except ConfigError:
+            raise
+        except Exception as exc:  # a third party's bug: report it, serve the rest
+            errors.append(f"plugin {name!r} from {info} failed to describe its provider: {exc!r}")
+            logger.error(errors[-1])
+            pm.unregister(plugin)
+            continue
+        if spec is None:
+            continue
+        if not 0 <= spec.onchain_id <= 255:
+            raise ConfigError(
+                f"plugin {name!r} from {info}: on-chain id of {spec.name} must be 0-255, got {spec.onchain_id}"
+            )
+        for _, other, other_info in owners:
+            if other.name.upper() == spec.name.upper() or other.onchain_id == spec.onchain_id:
+                raise ConfigError(
+                    f"plugin {other_info.name!r} from {other_info} and plugin {name!r} from {info} "
+                    f"both claim provider {spec.name!r} "
+                    f"(on-chain ids {other.onchain_id} and {spec.onchain_id}); uninstall one of them"
+                )
+        owners.append((plugin, spec, info))
+    return owners
+
+
 def build_registry(
     settings: Settings,
     pm: pluggy.PluginManager | None = None,
@@ -176,50 +250,19 @@ def build_registry(
     """Ask every plugin for its provider, check for clashes, and bind each one's hooks."""
     if pm is None:
         pm, infos, errors = plugin_manager()
-    infos = infos or {}
     errors = list(errors or [])
     _check_pending(pm)
-
-    owners: list[tuple[object, ProviderSpec, PluginInfo]] = []
-    for impl in pm.hook.css_provider.get_hookimpls():
-        name = pm.get_name(impl.plugin) or repr(impl.plugin)
-        info = infos.get(name, PluginInfo(name))
-        try:
-            spec = impl.function()
-            if spec is not None and not isinstance(spec, ProviderSpec):
-                raise TypeError(f"css_provider returned {type(spec).__name__}, not ProviderSpec")
-        except Exception as exc:  # a third party's bug: report it, serve the rest
-            errors.append(f"plugin {name!r} from {info} failed to describe its provider: {exc!r}")
-            logger.error(errors[-1])
-            pm.unregister(impl.plugin)
-            continue
-        if spec is not None:
-            if not 0 <= spec.onchain_id <= 255:
-                raise ConfigError(
-                    f"plugin {name!r} from {info}: on-chain id of {spec.name} must be 0-255, got {spec.onchain_id}"
-                )
-            for _, other, other_info in owners:
-                if other.name.upper() == spec.name.upper() or other.onchain_id == spec.onchain_id:
-                    raise ConfigError(
-                        f"plugin {other_info.name!r} from {other_info} and plugin {name!r} from {info} "
-                        f"both claim provider {spec.name!r} "
-                        f"(on-chain ids {other.onchain_id} and {spec.onchain_id}); uninstall one of them"
-                    )
-            owners.append((impl.plugin, spec, info))
+    owners = _describe_providers(pm, settings, infos or {}, errors)
 
     providers = []
     for plugin, spec, info in owners:
-        others = [p for p, _, _ in owners if p is not plugin]
-        api_key = settings.get(spec.api_key_env)
-        headers = {"content-type": "application/json"}
-        if api_key is not None:
-            headers["authorization"] = f"Bearer {api_key}"
-        callers = {name: pm.subset_hook_caller(name, remove_plugins=others) for name in _PER_JOB_HOOKS}
-        hooks = {name: _first_result(caller) for name, caller in callers.items() if caller.get_hookimpls()}
-        models = _catalogue(spec, settings)
-        providers.append(Provider(spec, info, _base_url(spec, settings), api_key, headers, hooks, models))
+        hooks = _hooks(pm, [p for p, _, _ in owners if p is not plugin])
+        providers.append(Provider(spec, info, _base_url(spec, settings), _keys(spec, settings), hooks,
+                                  _catalogue(spec, settings), _options(spec, settings)))
     names = {spec.name.upper() for _, spec, _ in owners}
-    for variable, catalogues in (("CSS_MODELS", settings.models), ("CSS_EXTRA_MODELS", settings.extra_models)):
-        if unknown := sorted(set(catalogues) - names):
+    scoped = (("CSS_MODELS", settings.models), ("CSS_EXTRA_MODELS", settings.extra_models),
+              ("CSS_INF_WORKFLOW_KW_ARGS", settings.provider_defaults))
+    for variable, by_provider in scoped:
+        if unknown := sorted(set(by_provider) - names):
             logger.warning("%s names providers that are not installed: %s", variable, ", ".join(unknown))
-    return Registry(sorted(providers, key=lambda p: p.spec.onchain_id), errors)
+    return Registry(pm, sorted(providers, key=lambda p: p.spec.onchain_id), errors)

@@ -1,15 +1,16 @@
 """The retry policy: which failures are retried, how long to wait, when to give up.
 
-Waits follow the `retry` package the reference container used: the n-th wait is
-`min(delay * backoff**(n-1), max_delay)` plus a random jitter in `[low, high]`. A
-provider's `Retry-After` replaces the computed wait. Attempts stop after `tries`, or as
-soon as the next wait would pass the job's deadline.
+One tenacity object per provider and kind of job (plain or streamed) holds the whole
+policy; each job runs a copy of it (tenacity keeps a run's state on the object). Waits
+follow the `retry` package the reference container used: the n-th wait is
+`min(delay * backoff**(n-1), max_delay)` plus a random jitter in `[low, high]`; a
+provider's retry hint (`Retry-After`) replaces it. Attempts stop after `tries`, or as soon
+as the next wait would pass the job's deadline.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 
@@ -22,7 +23,7 @@ __all__ = ("is_retryable", "retrying", "wait_seconds")
 def is_retryable(exc: BaseException, retryable_statuses: frozenset[int]) -> bool:
     """429, 5xx (as the provider declares them), connection errors, timeouts, bad bodies."""
     if isinstance(exc, ProviderHTTPError):
-        return exc.status in retryable_statuses
+        return exc.status in retryable_statuses if exc.retryable is None else exc.retryable
     return isinstance(exc, (ProviderUnreachable, ProviderBadResponse))
 
 
@@ -34,26 +35,15 @@ def wait_seconds(policy: RetryPolicy, attempt: int, exc: BaseException | None) -
     return min(policy.delay * policy.backoff ** (attempt - 1), policy.max_delay) + random.uniform(low, high)
 
 
-def retrying(
-    policy: RetryPolicy,
-    retryable_statuses: frozenset[int],
-    deadline: float,
-    before_sleep: Any = None,
-    attempts_made: int = 0,
-) -> AsyncRetrying:
-    """A fresh tenacity controller for one job (tenacity keeps per-run state on it).
-
-    `attempts_made` counts attempts the caller already made, so the schedule continues.
-    """
+def retrying(policy: RetryPolicy, retryable_statuses: frozenset[int], deadline: float) -> AsyncRetrying:
+    """The policy as a tenacity controller; run a `copy()` of it per job."""
 
     def wait(state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        return wait_seconds(policy, attempts_made + state.attempt_number, exc)
+        return wait_seconds(policy, state.attempt_number, state.outcome.exception() if state.outcome else None)
 
     return AsyncRetrying(
-        stop=stop_after_attempt(policy.tries - attempts_made) | stop_before_delay(deadline),
+        stop=stop_after_attempt(policy.tries) | stop_before_delay(deadline),
         wait=wait,
         retry=retry_if_exception(lambda exc: is_retryable(exc, retryable_statuses)),
-        before_sleep=before_sleep,
         reraise=True,
     )

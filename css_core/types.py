@@ -22,6 +22,9 @@ __all__ = (
 #: What a job produces: a completion's text, or an embedding.
 Result = str | list[float]
 
+#: Body fields built from the job itself, which a job's `extra_args` may not replace.
+JOB_FIELDS = frozenset({"model", "messages", "input", "prompt", "stream", "stream_options"})
+
 
 class Message(msgspec.Struct, frozen=True):
     """One turn of a conversation."""
@@ -33,8 +36,9 @@ class Message(msgspec.Struct, frozen=True):
 class CSSRequest(msgspec.Struct, frozen=True, kw_only=True):
     """One job, whatever its source: what to ask which provider.
 
-    `messages` is set for completions, `input` for embeddings. `extra_args` is merged
-    into the provider request body by the core after the plugin has encoded it.
+    `messages` is set for completions, `input` for embeddings. `stream` is true when the
+    answer is relayed as a stream: the plugin then asks its provider to stream. `extra_args`
+    are the job's options, which the core merges into the body after the plugin has encoded it.
     """
 
     provider: str
@@ -49,11 +53,19 @@ class CSSRequest(msgspec.Struct, frozen=True, kw_only=True):
 class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     """What a plugin tells the core about its provider, once, at start-up.
 
-    `name` is the provider's name in requests (e.g. "OPENAI") and `onchain_id` its id in
-    the on-chain encoding (0-255). The API key is read from `api_key_env`; the base URL
-    from `base_url_env` (by default `<name>_BASE_URL`), else `default_base_url`.
-    `models` is the catalogue shown by `/service-resources` (discovery only: a request
-    for another model is still forwarded). A status in `retryable_statuses` is retried.
+    - `name` is the provider's name in requests (e.g. "OPENAI"), `onchain_id` its id in the
+      on-chain encoding (0-255).
+    - The API key is read from `api_key_env` (several keys, comma-separated, form a pool) and
+      sent as `auth_header: <auth_scheme> <key>`, or the bare key when `auth_scheme` is
+      `None` (e.g. `x-api-key`). `headers` are sent with every call (e.g. an API version).
+    - The base URL is read from `base_url_env` (by default `<name>_BASE_URL`), else
+      `default_base_url`.
+    - `models` is the catalogue `/service-resources` shows (discovery only: a request for
+      another model is still forwarded).
+    - A status in `retryable_statuses` is retried; 401 and 403 mean the key was refused.
+    - `default_options` are body fields the provider needs unless the operator or the job
+      sets them (e.g. Anthropic's `max_tokens`); `job_fields` are the body fields the plugin
+      builds from the job, which `extra_args` may not replace (a 400 says so).
     """
 
     name: str
@@ -64,6 +76,11 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     models: tuple[str, ...] = ()
     base_url_env: str | None = None
     retryable_statuses: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
+    auth_header: str = "authorization"
+    auth_scheme: str | None = "Bearer"
+    headers: dict[str, str] = {}
+    default_options: dict[str, Any] = {}
+    job_fields: frozenset[str] = JOB_FIELDS
 
     @property
     def base_url_variable(self) -> str:
@@ -71,20 +88,24 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ProviderCall(msgspec.Struct, frozen=True):
-    """The provider request a plugin encodes: a path below the base URL and a JSON body.
+    """The provider request a plugin encodes: a path below the base URL, a JSON body, and
+    the query string the plugin owns (e.g. Gemini's `{"alt": "sse"}`).
 
-    Only the body is the plugin's (and the job's `extra_args`'); the core owns the base
-    URL, the headers and the key.
+    Only these are the plugin's (and the job's options are merged into the body); the core
+    owns the base URL, the headers and the key. A job's value put into `path` must be quoted
+    (`urllib.parse.quote(value, safe="")`); the path and the query are checked before sending.
     """
 
     path: str
     body: dict[str, Any]
+    query: dict[str, str] = {}
 
 
 class PreparedCall(msgspec.Struct, frozen=True):
-    """One provider request ready to send: absolute URL, headers, encoded JSON body."""
+    """One attempt's provider request, ready to send: absolute URL, its own headers, JSON body,
+    and the seconds the attempt may wait to connect and for each read (`CSS_REQUEST_TIMEOUT`)."""
 
     url: str
     headers: dict[str, str]
     content: bytes
-    stream: bool = False
+    timeout: float = 60.0

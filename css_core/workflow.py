@@ -12,13 +12,18 @@ import logging
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
+import httpx
 import msgspec
-from tenacity import RetryCallState
+from tenacity import AsyncRetrying, RetryCallState
 
 from css_core.config import Settings
+from css_core.default_call import ErrorAnswer
 from css_core.errors import (
+    CSSError,
     InvalidJob,
+    PluginFailed,
     ProviderBadResponse,
     ProviderFailed,
     ProviderHTTPError,
@@ -29,69 +34,110 @@ from css_core.errors import (
     ServiceBusy,
 )
 from css_core.plugins import Provider, Registry
-from css_core.provider_http import ProviderHTTP
-from css_core.retry import is_retryable, retrying, wait_seconds
-from css_core.types import CSSRequest, PreparedCall, Result
+from css_core.provider_http import ProviderHTTP, unreachable
+from css_core.retry import is_retryable, retrying
+from css_core.types import CSSRequest, PreparedCall, ProviderCall, Result
 
 __all__ = ("Workflow",)
 
 T = TypeVar("T")
 logger = logging.getLogger("css_core.workflow")
-_UNREADABLE = (msgspec.DecodeError, msgspec.ValidationError, KeyError, IndexError, TypeError, ValueError)
+# what reading an answer of an unexpected shape raises: the answer is unreadable (retried)
+_UNREADABLE = (msgspec.DecodeError, msgspec.ValidationError, KeyError, IndexError, ValueError)
+# what a plugin may raise on purpose; anything else is a bug in the plugin
+_EXPECTED = (CSSError, ProviderHTTPError, ProviderBadResponse, ProviderUnreachable)
 _MAX_DETAIL = 500  # a provider's error text passed on to the caller is cut to this length
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ProviderHTTPError):
-        return f"HTTP {exc.status}: {exc.message}"
-    return str(exc) or type(exc).__name__
-
 
 # what could take a path out of the provider's base URL: a query, a fragment, a backslash,
 # controls and spaces, or a "." / ".." segment
 _UNSAFE_PATH = re.compile(r"[?#\\\x00-\x20\x7f]|(?:^|/)\.\.?(?:/|$)")
 
 
-def _checked_path(path: str) -> str:
-    """The plugin's path, refused if a job's value in it could leave the provider's base URL."""
-    if _UNSAFE_PATH.search(path):
+def _url(provider: Provider, call: ProviderCall) -> str:
+    """The plugin's path and query below the provider's base URL, refused if a job's value in
+    them could leave it."""
+    path, query = call.path, call.query
+    if _UNSAFE_PATH.search(path) or any(_UNSAFE_PATH.search(f"{k}={v}") for k, v in query.items()):
         raise InvalidJob(f"the request would change the provider's URL ({path!r}); check the model name")
-    return path if path.startswith("/") else "/" + path
+    path = path if path.startswith("/") else "/" + path
+    return provider.base_url + path + ("?" + urlencode(query) if query else "")
 
 
 class _Job:
-    """The attempts of one job: counts them and turns the last failure into a `CSSError`."""
+    """One job's provider, its attempts, and what its failures are called."""
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
         self.attempts = 0
 
     def scrub(self, text: str) -> str:
-        """`text` without the API key, then cut short (in this order: no piece of a cut key is left)."""
-        key = self.provider.api_key
-        text = text.replace(key, "***") if key else text
+        """`text` without the API keys, then cut short (in this order: no piece of a cut key is left)."""
+        for key in self.provider.keys:
+            text = text.replace(key, "***")
         return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL] + "…"
 
+    def describe(self, exc: BaseException) -> str:
+        if isinstance(exc, ProviderHTTPError):
+            return self.scrub(f"HTTP {exc.status}: {exc.message}")
+        return self.scrub(str(exc) or type(exc).__name__)
+
     def failure(self, exc: BaseException) -> Exception:
-        name, attempts = self.provider.spec.name, self.attempts
-        what = self.scrub(_describe(exc))
+        name, attempts, what = self.provider.spec.name, self.attempts, self.describe(exc)
         if isinstance(exc, TimeoutError):
             return ProviderTimeout(f"{name} did not answer within the job deadline ({attempts} attempt(s) made)")
-        if isinstance(exc, ProviderHTTPError) and not is_retryable(exc, self.provider.spec.retryable_statuses):
-            if exc.status in (401, 403):
+        if isinstance(exc, ProviderHTTPError):
+            if exc.key_refused or (exc.key_refused is None and exc.status in (401, 403)):
                 return ProviderFailed(f"{name} refused this service's API key ({what})")
-            if 400 <= exc.status < 500:
+            if 400 <= exc.status < 500 and not is_retryable(exc, self.provider.spec.retryable_statuses):
                 return ProviderRejected(f"{name} rejected the request ({what})")
         return ProviderFailed(f"{name} failed after {attempts} attempt(s); last error: {what}")
 
-    def log_retry(self, exc: BaseException | None, wait: float) -> None:
-        what = self.scrub(_describe(exc)) if exc else "?"
-        name = self.provider.spec.name
-        logger.warning("%s attempt %d failed (%s); retrying in %.1f s", name, self.attempts, what, wait)
+    def plugin_step(self, hook: Callable[..., Any], what: str, **kwargs: Any) -> Any:
+        """Call one of the plugin's hooks: an unreadable answer is retried, a bug in the plugin is not."""
+        try:
+            return hook(spec=self.provider.spec, **kwargs)
+        except _EXPECTED:
+            raise
+        except _UNREADABLE as exc:
+            raise ProviderBadResponse(f"unreadable {what}: {self.scrub(repr(exc))}") from None
+        except Exception as exc:
+            raise self.plugin_failed(exc, what) from None
+
+    def plugin_failed(self, exc: Exception, what: str) -> PluginFailed:
+        provider = self.provider
+        logger.error("the plugin of %s (%s) failed on the %s", provider.spec.name, provider.plugin, what,
+                     exc_info=exc)
+        return PluginFailed(
+            f"the {provider.spec.name} plugin ({provider.plugin}) failed on the {what}: {self.scrub(repr(exc))}; "
+            "the service's log has its traceback"
+        )
+
+    async def events(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """A stream's event payloads, its failures as the workflow knows them."""
+        try:
+            async for data in source:
+                yield data
+        except BaseException as exc:
+            raise self.attempt_failure(exc) from None
+        finally:
+            await _close(source)
+
+    def attempt_failure(self, exc: BaseException) -> BaseException:
+        """What a failed call means: a non-2xx answer read by the plugin, a dropped connection."""
+        if isinstance(exc, ErrorAnswer):
+            error: ProviderHTTPError = self.plugin_step(self.provider.hooks.read_error, "error answer",
+                                                        status=exc.status, body=exc.body, retry_after=exc.retry_after)
+            return error
+        if isinstance(exc, httpx.TransportError):  # a plugin's own call
+            return unreachable(exc)
+        return exc
 
     def before_sleep(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        self.log_retry(exc, state.next_action.sleep if state.next_action else 0.0)
+        wait = state.next_action.sleep if state.next_action else 0.0
+        what = self.describe(exc) if exc else "?"
+        logger.warning("%s attempt %d failed (%s); retrying in %.1f s", self.provider.spec.name, self.attempts,
+                       what, wait)
 
 
 class Workflow:
@@ -101,9 +147,14 @@ class Workflow:
         self.registry = registry
         self.settings = settings
         self.http = http
+        self._retrying: dict[tuple[str, bool], AsyncRetrying] = {}
+        for provider in registry.providers:
+            for stream, deadline in ((False, settings.job_deadline), (True, settings.stream_deadline)):
+                statuses = provider.spec.retryable_statuses
+                self._retrying[provider.spec.name, stream] = retrying(settings.retry, statuses, deadline)
 
-    def prepare(self, request: CSSRequest) -> tuple[Provider, PreparedCall]:
-        """Check the job against its provider and build the provider request."""
+    def prepare(self, request: CSSRequest) -> tuple[_Job, str, bytes]:
+        """Check the job against its provider; the provider request's URL and body."""
         provider = self.registry.by_name(request.provider)
         spec = provider.spec
         if not provider.served:
@@ -115,18 +166,21 @@ class Workflow:
             )
         if request.stream and not provider.streams:
             raise InvalidJob(f"{spec.name} cannot stream: its plugin does not implement css_parse_stream_event")
-        encode = provider.hooks.get("css_encode_params")
-        call = encode(spec=spec, request=request) if encode else None
+        if reserved := sorted(request.extra_args.keys() & spec.job_fields):
+            raise InvalidJob(
+                f"`extra_args` may not set {', '.join(reserved)}: {spec.name}'s request builds "
+                f"{', '.join(sorted(spec.job_fields))} from the job itself"
+            )
+        job = _Job(provider)
+        call = job.plugin_step(provider.hooks.encode_params, "encoding of the request", request=request)
         if call is None:
             raise InvalidJob(f"{spec.name} cannot encode a {request.endpoint!r} request")
-        body = {**self.settings.request_defaults, **call.body, **request.extra_args}
-        if request.stream:
-            body["stream"] = True
-        else:
-            body.pop("stream", None)
-        path = _checked_path(call.path)
-        content = msgspec.json.encode(body)
-        return provider, PreparedCall(provider.base_url + path, provider.headers, content, request.stream)
+        body = call.body
+        if options := {**provider.options, **request.extra_args}:
+            placed = job.plugin_step(provider.hooks.encode_options, "encoding of the options", request=request,
+                                     options=options)
+            body = {**body, **(options if placed is None else placed)}
+        return job, _url(provider, call), msgspec.json.encode(body)
 
     def _occupy(self, provider: Provider) -> None:
         """Take one of the provider's in-flight slots; when none is left, answer 503 at once."""
@@ -137,53 +191,44 @@ class Workflow:
             )
         provider.in_flight += 1
 
-    async def _attempts(self, job: _Job, attempt: Callable[[], Awaitable[T]], deadline: float) -> T:
-        async def counted() -> T:
-            job.attempts += 1
-            return await attempt()
+    def _call(self, job: _Job, url: str, content: bytes) -> PreparedCall:
+        """One attempt's request, with the next key's headers."""
+        job.attempts += 1
+        provider = job.provider
+        headers = provider.headers_for(provider.next_key())
+        return PreparedCall(url, headers, content, self.settings.request_timeout)
 
-        policy, statuses = self.settings.retry, job.provider.spec.retryable_statuses
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+    async def _attempts(self, job: _Job, attempt: Callable[[], Awaitable[T]], stream: bool, deadline: float) -> T:
+        controller = self._retrying[job.provider.spec.name, stream].copy(before_sleep=job.before_sleep)
         try:
             async with asyncio.timeout(deadline):
-                # The first attempt runs without tenacity: most jobs succeed at once, and
-                # building a controller per job cost ~80 µs of CPU (bench/RESULTS.md).
-                try:
-                    return await counted()
-                except Exception as exc:
-                    wait = wait_seconds(policy, 1, exc)
-                    left = deadline - (loop.time() - started)
-                    if policy.tries == 1 or not is_retryable(exc, statuses) or wait >= left:
-                        raise
-                    job.log_retry(exc, wait)
-                await asyncio.sleep(wait)
-                left = deadline - (loop.time() - started)
-                controller = retrying(policy, statuses, left, job.before_sleep, attempts_made=1)
-                return await controller(counted)
+                async for try_ in controller:
+                    with try_:
+                        return await attempt()
         except (TimeoutError, ProviderHTTPError, ProviderBadResponse, ProviderUnreachable) as exc:
             raise job.failure(exc) from None
+        raise AssertionError("tenacity ended without a result or an exception")  # pragma: no cover
 
     async def run(self, request: CSSRequest) -> Result:
         """The job's result: a completion or an embedding."""
-        provider, call = self.prepare(request)
-        hooks, spec = provider.hooks, provider.spec
-        plugin_call, postprocess = hooks.get("css_call"), hooks.get("css_postprocess")
+        job, url, content = self.prepare(request)
+        provider = job.provider
+        hooks, spec, client, transport = provider.hooks, provider.spec, self.http.client, self.http.transport
 
         async def attempt() -> Result:
-            pending = plugin_call(spec=spec, call=call, client=self.http.client) if plugin_call else None
-            body = await (self.http.post(call) if pending is None else self.http.plugin_body(pending))
             try:
-                result: Result | None = postprocess(spec=spec, request=request, body=body) if postprocess else None
-            except _UNREADABLE as exc:
-                raise ProviderBadResponse(f"unreadable answer: {exc}") from None
+                body = await hooks.call(spec=spec, call=self._call(job, url, content), client=client,
+                                        transport=transport)
+            except (ErrorAnswer, httpx.TransportError) as exc:
+                raise job.attempt_failure(exc) from None
+            result: Result | None = job.plugin_step(hooks.postprocess, "answer", request=request, body=body)
             if result is None:
                 raise ProviderBadResponse("the answer holds no result")
             return result
 
         self._occupy(provider)
         try:
-            return await self._attempts(_Job(provider), attempt, self.settings.job_deadline)
+            return await self._attempts(job, attempt, False, self.settings.job_deadline)
         finally:
             provider.in_flight -= 1
 
@@ -201,21 +246,19 @@ class Workflow:
         return _prepend(first, texts)
 
     async def _texts(self, request: CSSRequest) -> AsyncIterator[str]:
-        provider, call = self.prepare(request)
-        hooks, spec = provider.hooks, provider.spec
-        plugin_call = hooks.get("css_call_stream")
+        job, url, content = self.prepare(request)
+        provider = job.provider
+        hooks, spec, client, transport = provider.hooks, provider.spec, self.http.client, self.http.transport
         deadline = self.settings.stream_deadline
         deadline_at = asyncio.get_running_loop().time() + deadline
 
         def text_of(data: bytes) -> str:
-            try:
-                return hooks["css_parse_stream_event"](spec=spec, request=request, data=data) or ""
-            except _UNREADABLE as exc:
-                raise ProviderBadResponse(f"unreadable stream event: {exc}") from None
+            text: str | None = job.plugin_step(hooks.parse_stream_event, "stream event", request=request, data=data)
+            return text or ""
 
         async def attempt() -> tuple[AsyncIterator[bytes], str]:
-            source = plugin_call(spec=spec, call=call, client=self.http.client) if plugin_call else None
-            source = self.http.events(call) if source is None else self.http.plugin_events(source)
+            call = self._call(job, url, content)
+            source = job.events(hooks.call_stream(spec=spec, call=call, client=client, transport=transport))
             try:
                 async for data in source:
                     if text := text_of(data):
@@ -225,12 +268,11 @@ class Workflow:
                 raise
             return source, ""
 
-        job = _Job(provider)
         self._occupy(provider)
         events: AsyncIterator[bytes] | None = None
         sent = 0
         try:
-            upstream, first = await self._attempts(job, attempt, deadline)
+            upstream, first = await self._attempts(job, attempt, True, deadline)
             events = upstream
             if first:
                 yield first
@@ -245,8 +287,7 @@ class Workflow:
                     yield text
                     sent += 1
         except (TimeoutError, ProviderBadResponse, ProviderUnreachable) as exc:
-            name, what = spec.name, job.scrub(_describe(exc))
-            logger.warning("%s stream ended after %d chunk(s): %s", name, sent, what)
+            logger.warning("%s stream ended after %d chunk(s): %s", spec.name, sent, job.describe(exc))
             raise
         finally:
             provider.in_flight -= 1

@@ -1,16 +1,15 @@
 """The on-chain codec: byte-compatible with infernet-ml, round trips, and every malformed
 input an `InvalidJob` (a 400), never a crash.
 
-eth-abi is a test dependency only: `css_core.codec` codes the one schema by hand, and the
-differential tests at the end hold it to eth-abi's encoder byte for byte, and to eth-abi's
-strict decoder (`decode(REQUEST_TYPES, raw)`) on valid and mutated encodings alike.
+`css_core.codec` encodes and decodes with eth-abi, and refuses before decoding the data whose
+strings claim more bytes than it holds. The differential tests at the end hold that guard to
+eth-abi's own strict decoder on valid and mutated encodings: it refuses nothing else.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
-import re
 from collections.abc import Callable
 
 import pytest
@@ -294,22 +293,6 @@ mutated_encodings = st.builds(
 )
 
 
-@settings(DIFFERENTIAL, max_examples=500)
-@given(provider=uint8, endpoint=uint8, model=short_texts | st.text(), messages=short_messages | messages)
-def test_encode_and_decode_match_eth_abi(
-    provider: int, endpoint: int, model: str, messages: tuple[Message, ...]
-) -> None:
-    raw = encode_request(provider, endpoint, model, messages)
-    assert raw == eth_abi_encode(provider, endpoint, model, messages)
-    assert decode_request(raw) == eth_abi_decode(raw) == OnchainRequest(provider, endpoint, model, messages)
-
-
-@settings(DIFFERENTIAL, max_examples=300)
-@given(st.text())
-def test_encode_result_matches_eth_abi(text: str) -> None:
-    assert encode_result(text) == encode(["string"], [text])
-
-
 @DIFFERENTIAL
 @given(mutated_encodings)
 def test_mutated_encodings_decode_as_with_eth_abi(raw: bytes) -> None:
@@ -428,10 +411,10 @@ MALFORMED = {
 }
 
 
-@pytest.mark.parametrize(("raw", "fragment"), MALFORMED.values(), ids=MALFORMED.keys())
-def test_malformed_encodings_both_refuse(raw: bytes, fragment: str) -> None:
+@pytest.mark.parametrize("raw", [raw for raw, _why in MALFORMED.values()], ids=MALFORMED.keys())
+def test_malformed_encodings_both_refuse(raw: bytes) -> None:
     assert eth_abi_decode(raw) is None
-    with pytest.raises(InvalidJob, match=re.escape(fragment)):
+    with pytest.raises(InvalidJob, match=r"on-chain data is not abi\.encode\(uint8 provider"):
         decode_request(raw)
 
 
@@ -454,12 +437,9 @@ def test_the_one_difference_strings_claiming_more_bytes_than_the_data(copies: in
 
 
 @pytest.mark.parametrize("bad", [-1, 256, True])
-def test_encode_request_refuses_what_eth_abi_refuses_as_a_uint8(bad: int) -> None:
-    """Both refuse; eth-abi with its own `EncodingError`s, ours with a ValueError."""
+def test_encode_request_refuses_what_is_not_a_uint8(bad: int) -> None:
     for ids in ((bad, 0), (0, bad)):
         with pytest.raises(EncodingError):
-            eth_abi_encode(*ids, "m", ())
-        with pytest.raises(ValueError, match="must be an int from 0 to 255"):
             encode_request(*ids, "m", ())
 
 

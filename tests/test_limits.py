@@ -151,6 +151,7 @@ def test_slots_come_back_after_the_client_left_before_the_answer(capped: Capped,
 
 
 LIMIT = 2000
+JSON_TYPE = {"content-type": "application/json"}
 
 
 @pytest.fixture
@@ -166,11 +167,11 @@ def padded(size: int) -> bytes:
 
 
 def test_a_body_at_the_limit_is_served(small_bodies: str, http: httpx.Client) -> None:
-    assert http.post(f"{small_bodies}/service_output", content=padded(LIMIT)).status_code == 200
+    assert http.post(f"{small_bodies}/service_output", content=padded(LIMIT), headers=JSON_TYPE).status_code == 200
 
 
 def test_a_body_over_the_limit_is_a_413(small_bodies: str, http: httpx.Client) -> None:
-    response = http.post(f"{small_bodies}/service_output", content=padded(LIMIT + 1))
+    response = http.post(f"{small_bodies}/service_output", content=padded(LIMIT + 1), headers=JSON_TYPE)
     assert_error(response, 413, f"limit of {LIMIT} bytes", "CSS_MAX_BODY_BYTES")
 
 
@@ -179,7 +180,7 @@ def test_a_chunked_body_over_the_limit_is_a_413(small_bodies: str, http: httpx.C
         body = padded(LIMIT * 3)
         yield from (body[i : i + 500] for i in range(0, len(body), 500))
 
-    response = http.post(f"{small_bodies}/service_output", content=chunks())
+    response = http.post(f"{small_bodies}/service_output", content=chunks(), headers=JSON_TYPE)
     assert_error(response, 413, "CSS_MAX_BODY_BYTES")
 
 

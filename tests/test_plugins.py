@@ -111,7 +111,8 @@ class Mirror:
     @hookimpl
     def css_encode_params(self, request: CSSRequest) -> ProviderCall:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
-        return ProviderCall("/chat/completions", {"model": request.model, "messages": messages})
+        stream = {"stream": True} if request.stream else {}  # the plugin asks its provider to stream
+        return ProviderCall("/chat/completions", {"model": request.model, "messages": messages, **stream})
 
     @hookimpl
     def css_postprocess(self, body: bytes) -> Result | None:
@@ -197,7 +198,8 @@ def shared() -> PluginSetup:
 @pytest.fixture
 def pm(shared: PluginSetup) -> Iterator[pluggy.PluginManager]:
     yield shared[0]
-    assert [name for name, _ in shared[0].list_name_plugin()] == [], "a plugin leaked"
+    leaked = [name for name, _ in shared[0].list_name_plugin() if not name.startswith("css_core.default_call")]
+    assert leaked == [], "a plugin leaked"
 
 
 @contextmanager
@@ -382,8 +384,9 @@ def test_hook_css_call_of_a_provider_less_plugin_sees_every_provider(
             "/mirror/chat/completions", "/other/chat/completions", "/mirror/chat/completions"]
 
 
-def test_bound_hooks_ask_implementations_in_pluggys_order(pm: pluggy.PluginManager) -> None:
-    """Per-job hooks are bound once at start-up; they must answer exactly as pluggy's own call."""
+def test_per_job_hooks_are_pluggys_own_calls_restricted_to_the_provider(pm: pluggy.PluginManager) -> None:
+    """Each provider's per-job hooks are pluggy `HookCaller`s: they ask implementations in pluggy's order,
+    wrappers included, and never another provider's plugin."""
     asked: list[str] = []
 
     def answering(name: str, answer: str | None, **marks: bool) -> object:
@@ -403,22 +406,23 @@ def test_bound_hooks_ask_implementations_in_pluggys_order(pm: pluggy.PluginManag
 
     plugins_in_order = {
         "echo": Echo(),
+        "mirror": Mirror(),  # another provider's plugin: never asked for ECHO's jobs
         "last": answering("last", "from last", trylast=True),
         "plain": answering("plain", None),
         "first": answering("first", None, tryfirst=True),
         "later": answering("later", None),
     }
     with registered(pm, **plugins_in_order):
-        hook = build_registry(settings(), pm).providers[0].hooks["css_postprocess"]
+        echo = build_registry(settings(), pm).by_name("ECHO")
+        hook = echo.hooks.postprocess
+        assert isinstance(hook, pluggy.HookCaller)
         kwargs: dict[str, Any] = {"spec": None, "request": None, "body": b'{"text": "x"}'}
-        assert hook(**kwargs) == pm.hook.css_postprocess(**kwargs) == "echo: x"
-        assert asked == ["first", "later", "plain"] * 2
-        assert not isinstance(hook, pluggy.HookCaller)  # bound to plain functions
+        assert hook(**kwargs) == "echo: x"
+        assert asked == ["first", "later", "plain"]
         asked.clear()
         with registered(pm, wrapping=Wrapping()):
-            hook = build_registry(settings(), pm).providers[0].hooks["css_postprocess"]
-            assert hook(**kwargs) == "echo: x"
-            assert asked == ["wrapper", "first", "later", "plain"]  # a wrapper keeps pluggy's call
+            assert hook(**kwargs) == "echo: x"  # a plugin registered later is seen by the same caller
+            assert asked == ["wrapper", "first", "later", "plain"]
 
 
 # -- describing providers -------------------------------------------------------------------------------
@@ -502,7 +506,7 @@ GOOD = Mirror("GOOD", 60)  # loaded through an entry point below
 
 
 def test_plugin_that_fails_to_import_is_reported_and_the_others_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    group = plugins.ENTRY_POINT_GROUP
+    group = hookspecs.PROJECT
     ghost = importlib.metadata.EntryPoint("ghost", "no_such_module_for_css_tests", group)
     good = importlib.metadata.EntryPoint("good", f"{__name__}:GOOD", group)
     monkeypatch.setattr(plugins, "entry_points", lambda group: [ghost, good])

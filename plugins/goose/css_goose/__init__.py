@@ -53,7 +53,8 @@ def css_encode_params(request: CSSRequest) -> ProviderCall | None:
     if len(request.messages) != 1:
         raise InvalidJob(f"GOOSEAI takes exactly one message (its prompt), got {len(request.messages)}")
     engine = quote(request.model, safe="")
-    return ProviderCall(f"/engines/{engine}/completions", {"prompt": request.messages[0].content})
+    body = {"prompt": request.messages[0].content, **({"stream": True} if request.stream else {})}
+    return ProviderCall(f"/engines/{engine}/completions", body)
 
 
 @hookimpl

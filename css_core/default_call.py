@@ -1,0 +1,89 @@
+"""The core's own provider call: a plugin of `trylast` implementations of the call hooks.
+
+`plugin_manager()` registers this module as it would any plugin that owns no provider, so a
+plugin's own `css_call` / `css_call_stream` / `css_read_error` is asked first, and these
+answer when none does. They call through the worker's pool, which every call receives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+
+import httpx
+import msgspec
+
+from css_core.errors import ProviderHTTPError
+from css_core.hookspecs import hookimpl
+from css_core.provider_http import chunks, read, retry_after_seconds, send, sse_data
+from css_core.types import PreparedCall
+
+__all__ = ("ErrorAnswer", "css_call", "css_call_stream", "css_read_error", "error_message")
+
+_MAX_MESSAGE = 4096  # a provider's error text is kept to this length (the workflow cuts it shorter)
+
+
+class ErrorAnswer(Exception):
+    """A non-2xx answer of the core's call, for the provider's plugin to read (`css_read_error`)."""
+
+    def __init__(self, response: httpx.Response, body: bytes) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.status = response.status_code
+        self.body = body
+        self.retry_after = retry_after_seconds(response.headers.get("retry-after"))
+
+
+class _ErrorDetail(msgspec.Struct):
+    message: str | None = None
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _ErrorDetail | str | None = None
+    message: str | None = None
+    detail: str | None = None
+
+
+def error_message(body: bytes) -> str:
+    """The human part of a provider's error body (OpenAI's shape, or plain text), cut short."""
+    try:
+        envelope = msgspec.json.decode(body, type=_ErrorEnvelope)
+        error = envelope.error
+        text = (error.message if isinstance(error, _ErrorDetail) else error) or envelope.message or envelope.detail
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        text = None
+    if text is None:
+        text = body.decode("utf-8", "replace").strip() or "(empty body)"
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "…"
+
+
+@hookimpl(trylast=True)
+def css_call(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> Awaitable[bytes]:
+    return _post(call, transport)
+
+
+@hookimpl(trylast=True)
+def css_call_stream(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> AsyncIterator[bytes]:
+    return _events(call, transport)
+
+
+@hookimpl(trylast=True)
+def css_read_error(status: int, body: bytes, retry_after: float | None) -> ProviderHTTPError:
+    return ProviderHTTPError(status, error_message(body), retry_after)
+
+
+async def _post(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> bytes:
+    response = await send(transport, call)
+    body = await read(response)
+    if response.status_code >= 300:
+        raise ErrorAnswer(response, body)
+    return body
+
+
+async def _events(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> AsyncIterator[bytes]:
+    response = await send(transport, call)
+    try:
+        if response.status_code >= 300:
+            raise ErrorAnswer(response, await read(response))
+        async for data in sse_data(chunks(response)):
+            yield data
+    finally:
+        await response.aclose()  # the connection is dropped, not reused, if the answer was not read to its end
