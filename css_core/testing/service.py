@@ -1,0 +1,87 @@
+"""The real service, in this process, on a free loopback port: what plugin tests send jobs to.
+
+`ServiceServer` builds the app exactly as a worker does (`load_settings`, `build_registry`,
+`create_app`) from an environment given as a dict, so a test chooses its configuration
+without touching `os.environ`, and serves it with uvicorn in a daemon thread over a real
+socket, so provider calls, streams and disconnects behave as in production. It depends on
+nothing of the core but those functions and `plugin_manager`.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+
+__all__ = ("ServiceServer", "build_app", "serve_service")
+
+
+def build_app(env: Mapping[str, str], plugins: Sequence[object] | None = None) -> Any:
+    """The service's ASGI app configured by `env` (no `.env` file is read).
+
+    `plugins`: the plugin objects or modules to serve, and only those; `None`: the installed
+    plugins (their entry points), as the service itself loads them.
+    """
+    from css_core.app import create_app
+    from css_core.config import load_settings
+    from css_core.plugins import build_registry, plugin_manager
+
+    settings = load_settings(environ=dict(env), dotenv=None)
+    pm, infos, errors = plugin_manager(load_entry_points=plugins is None)
+    for plugin in plugins or ():
+        pm.register(plugin)
+    return create_app(settings, build_registry(settings, pm, infos, errors))
+
+
+class ServiceServer:
+    """uvicorn serving the app of `env` in a daemon thread, on a loopback socket bound first.
+
+    Use as a context manager (or `start()` / `stop()`); `url` is its base URL.
+    """
+
+    def __init__(self, env: Mapping[str, str], plugins: Sequence[object] | None = None, *,
+                 host: str = "127.0.0.1") -> None:
+        self.app = build_app(env, plugins)
+        self.socket = socket.socket()
+        self.socket.bind((host, 0))
+        self.url = f"http://{host}:{self.socket.getsockname()[1]}"
+        config = uvicorn.Config(self.app, log_config=None, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]},
+                                       name="css-service", daemon=True)
+
+    def start(self, timeout: float = 10) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the in-process service did not start (see the log)")
+            time.sleep(0.005)
+        return self.url
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
+        self.socket.close()
+
+    def __enter__(self) -> ServiceServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def serve_service(env: Mapping[str, str], plugins: Sequence[object] | None = None) -> Iterator[str]:
+    """`with serve_service(env) as url:` the real service, stopped when the block ends."""
+    with ServiceServer(env, plugins) as server:
+        yield server.url
