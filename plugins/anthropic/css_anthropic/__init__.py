@@ -1,0 +1,130 @@
+"""Anthropic's Messages API (Claude), as its API reference describes it.
+
+Authentication: `x-api-key: <ANTHROPIC_API_KEY>` (the bare key) and
+`anthropic-version: <ANTHROPIC_VERSION>` (default `2023-06-01`) on every request; the base
+URL is `ANTHROPIC_BASE_URL` (default `https://api.anthropic.com`).
+
+Completions: `POST /v1/messages` with `{model, max_tokens, system?, messages}`.
+
+- The job's `system` messages, joined in order with a blank line, are the top-level
+  `system` prompt; every other message goes to `messages` as `{role, content}`.
+- `max_tokens` is required: the job's `extra_args` value, else the operator's default
+  (`CSS_INF_WORKFLOW_KW_ARGS`), else `ANTHROPIC_MAX_TOKENS` (default 1024).
+- The answer is a message whose `content` is a list of blocks; the text is the
+  concatenated `text` of the blocks of type `text`. A `refusal` with no text is an error.
+- Streamed (`"stream": true`), the answer is server-sent events named by their `type`:
+  `message_start`, `content_block_start`, `ping`, `content_block_delta`,
+  `content_block_stop`, `message_delta`, `message_stop`. The text is the `delta.text` of
+  each `content_block_delta` whose `delta.type` is `text_delta`; an `error` event
+  (`{"type": "error", "error": {"type": "overloaded_error", "message": ...}}`) ends it.
+  The stream ends by closing (no `[DONE]`).
+
+Errors are `{"type": "error", "error": {"type", "message"}}`; 529 (`overloaded_error`) is
+retried like a 503. There is no embeddings endpoint.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from css_core import CSSRequest, ProviderBadResponse, ProviderCall, ProviderHTTPError, ProviderSpec, Settings, hookimpl
+
+__all__ = ("MODELS",)
+
+MODELS = (
+    "claude-opus-4-1", "claude-opus-4-0", "claude-sonnet-4-5", "claude-sonnet-4-0", "claude-haiku-4-5",
+    "claude-3-7-sonnet-latest", "claude-3-5-haiku-latest",
+)
+
+
+class _Block(msgspec.Struct):
+    type: str = ""
+    text: str = ""
+
+
+class _Message(msgspec.Struct):
+    content: list[_Block] = []
+    stop_reason: str | None = None
+
+
+class _Error(msgspec.Struct):
+    type: str = "error"
+    message: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+class _Event(msgspec.Struct):
+    type: str
+    delta: _Block | None = None
+    error: _Error | None = None
+
+
+class _ErrorBody(msgspec.Struct):
+    error: _Error
+
+
+_message = msgspec.json.Decoder(_Message)
+_event = msgspec.json.Decoder(_Event)
+_error = msgspec.json.Decoder(_ErrorBody)
+
+
+@hookimpl
+def css_provider(config: Settings) -> ProviderSpec:
+    return ProviderSpec(
+        name="ANTHROPIC",
+        onchain_id=3,
+        api_key_env="ANTHROPIC_API_KEY",
+        default_base_url="https://api.anthropic.com",
+        endpoints=("completions",),
+        models=MODELS,
+        retryable_statuses=frozenset({408, 409, 429, 500, 502, 503, 504, 529}),
+        auth_header="x-api-key",
+        auth_scheme=None,
+        headers={"anthropic-version": config.get("ANTHROPIC_VERSION") or "2023-06-01"},
+        default_options={"max_tokens": config.integer("ANTHROPIC_MAX_TOKENS", 1024)},
+        job_fields=frozenset({"model", "messages", "system", "stream"}),
+    )
+
+
+@hookimpl
+def css_encode_params(request: CSSRequest) -> ProviderCall | None:
+    if request.endpoint != "completions":
+        return None
+    system = [m.content for m in request.messages if m.role == "system"]
+    body = {
+        "model": request.model,
+        **({"system": "\n\n".join(system)} if system else {}),
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages if m.role != "system"],
+        **({"stream": True} if request.stream else {}),
+    }
+    return ProviderCall("/v1/messages", body)
+
+
+@hookimpl
+def css_postprocess(body: bytes) -> str:
+    message = _message.decode(body)
+    text = "".join(block.text for block in message.content if block.type == "text")
+    if not text and message.stop_reason == "refusal":
+        raise ProviderBadResponse("ANTHROPIC refused to answer (stop_reason: refusal)")
+    return text
+
+
+@hookimpl
+def css_parse_stream_event(data: bytes) -> str | None:
+    event = _event.decode(data)
+    if event.type == "error":
+        raise ProviderBadResponse(f"ANTHROPIC stream error: {event.error or 'no details'}")
+    if event.type == "content_block_delta" and event.delta is not None and event.delta.type == "text_delta":
+        return event.delta.text
+    return None
+
+
+@hookimpl
+def css_read_error(status: int, body: bytes, retry_after: float | None) -> ProviderHTTPError | None:
+    try:
+        error = _error.decode(body).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None  # not Anthropic's shape (a proxy's page): the core reads it as text
+    return ProviderHTTPError(status, str(error), retry_after)

@@ -1,0 +1,189 @@
+"""Google's Gemini API (Generative Language API), as its API reference describes it.
+
+Authentication: `x-goog-api-key: <GEMINI_API_KEY>` (the bare key); the base URL is
+`GEMINI_BASE_URL` (default `https://generativelanguage.googleapis.com`).
+
+Completions: `POST /v1beta/models/{model}:generateContent` with
+`{contents, systemInstruction?, generationConfig?}`.
+
+- `contents` holds the conversation, each turn `{"role": "user" | "model", "parts":
+  [{"text": ...}]}` (the job's `assistant` is Gemini's `model`); the job's `system`
+  messages, joined with a blank line, are `systemInstruction: {"parts": [{"text": ...}]}`.
+- Sampling options live in `generationConfig`: the job's OpenAI-style `temperature`,
+  `top_p`, `max_tokens` and `stop` become `temperature`, `topP`, `maxOutputTokens` and
+  `stopSequences` there (with any `generationConfig` given in `extra_args` over them);
+  other options are top-level fields of the body.
+- The text is the concatenated `text` of `candidates[0].content.parts`, leaving out the
+  model's thoughts (`"thought": true`). An answer with no text is an error naming why: a
+  blocked prompt (`promptFeedback.blockReason`, no candidates) or a candidate stopped
+  with no text (`finishReason`, e.g. `SAFETY`).
+- Streamed: `POST /v1beta/models/{model}:streamGenerateContent?alt=sse` with the same
+  body (Gemini refuses a `stream` field); each server-sent event's `data` is a response
+  chunk of the same shape, and the stream ends by closing. A chunk may carry no text (the
+  last one, with `finishReason: STOP`); one holding an `error` object, a `blockReason`, or
+  a `finishReason` other than `STOP` / `MAX_TOKENS` without text ends the stream as failed.
+
+Embeddings: `POST /v1beta/models/{model}:embedContent` with
+`{"content": {"parts": [{"text": input}]}}`; the vector is `embedding.values`.
+
+Errors are `{"error": {"code", "message", "status", "details": [...]}}`. A wrong key is a
+400 whose `ErrorInfo` detail has `reason: "API_KEY_INVALID"` (a 403 refuses the key too);
+a `RetryInfo` detail's `retryDelay` (e.g. `"7s"`) says when to retry.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from css_core import CSSRequest, ProviderBadResponse, ProviderCall, ProviderHTTPError, ProviderSpec, Result, hookimpl
+
+__all__ = ("SPEC",)
+
+SPEC = ProviderSpec(
+    name="GEMINI",
+    onchain_id=4,
+    api_key_env="GEMINI_API_KEY",
+    default_base_url="https://generativelanguage.googleapis.com",
+    endpoints=("completions", "embeddings"),
+    models=(
+        "gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-2.0-flash", "gemini-2.0-flash-lite",
+        "gemini-embedding-001", "text-embedding-004",
+    ),
+    auth_header="x-goog-api-key",
+    auth_scheme=None,
+    job_fields=frozenset({"contents", "systemInstruction", "content", "model", "stream"}),
+)
+# OpenAI-style options and their names in `generationConfig`
+_IN_CONFIG = {"temperature": "temperature", "top_p": "topP", "max_tokens": "maxOutputTokens", "stop": "stopSequences"}
+_DELAY = re.compile(r"(\d+(?:\.\d*)?)s")  # a `google.protobuf.Duration` in JSON, e.g. "7s", "1.5s"
+
+
+class _Part(msgspec.Struct):
+    text: str = ""
+    thought: bool = False
+
+
+class _Content(msgspec.Struct):
+    parts: list[_Part] = []
+
+
+class _Candidate(msgspec.Struct, rename="camel"):
+    content: _Content = msgspec.field(default_factory=_Content)
+    finish_reason: str | None = None
+
+
+class _Feedback(msgspec.Struct, rename="camel"):
+    block_reason: str | None = None
+
+
+class _Detail(msgspec.Struct, rename="camel"):
+    type: str = msgspec.field(default="", name="@type")
+    reason: str | None = None
+    retry_delay: str | None = None
+
+
+class _Status(msgspec.Struct):
+    message: str = ""
+    status: str = ""
+    details: list[_Detail] = []
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.message}" if self.status else self.message
+
+
+class _Response(msgspec.Struct, rename="camel"):
+    candidates: list[_Candidate] = []
+    prompt_feedback: _Feedback | None = None
+    error: _Status | None = None
+
+
+class _Values(msgspec.Struct):
+    values: list[float]
+
+
+class _Embedding(msgspec.Struct):
+    embedding: _Values
+
+
+_response = msgspec.json.Decoder(_Response)
+_embedding = msgspec.json.Decoder(_Embedding)
+
+
+@hookimpl
+def css_provider() -> ProviderSpec:
+    return SPEC
+
+
+@hookimpl
+def css_encode_params(request: CSSRequest) -> ProviderCall | None:
+    model = f"/v1beta/models/{quote(request.model, safe='')}"
+    if request.endpoint == "embeddings":
+        return ProviderCall(f"{model}:embedContent", {"content": {"parts": [{"text": request.input}]}})
+    if request.endpoint != "completions":
+        return None
+    system = [m.content for m in request.messages if m.role == "system"]
+    contents = [{"role": "model" if m.role == "assistant" else m.role, "parts": [{"text": m.content}]}
+                for m in request.messages if m.role != "system"]
+    body: dict[str, Any] = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
+    if request.stream:
+        return ProviderCall(f"{model}:streamGenerateContent", body, {"alt": "sse"})
+    return ProviderCall(f"{model}:generateContent", body)
+
+
+@hookimpl
+def css_encode_options(options: dict[str, Any]) -> dict[str, Any]:
+    body = dict(options)
+    moved = {new: body.pop(old) for old, new in _IN_CONFIG.items() if old in body}
+    if isinstance(moved.get("stopSequences"), str):
+        moved["stopSequences"] = [moved["stopSequences"]]
+    given = body.get("generationConfig", {})
+    if moved and isinstance(given, dict):  # (one that is not an object is Gemini's to refuse)
+        body["generationConfig"] = {**moved, **given}
+    return body
+
+
+def _text(body: bytes, streamed: bool) -> str | None:
+    answer = _response.decode(body)
+    if answer.error is not None:
+        raise ProviderBadResponse(f"GEMINI reported an error: {answer.error}")
+    candidate = answer.candidates[0] if answer.candidates else _Candidate()
+    if text := "".join(part.text for part in candidate.content.parts if not part.thought):
+        return text
+    if answer.prompt_feedback is not None and answer.prompt_feedback.block_reason:
+        raise ProviderBadResponse(f"GEMINI blocked the prompt (blockReason: {answer.prompt_feedback.block_reason})")
+    if streamed and candidate.finish_reason in (None, "STOP", "MAX_TOKENS"):
+        return None  # a chunk without text (usage, thoughts, the end)
+    raise ProviderBadResponse(f"GEMINI answered no text (finishReason: {candidate.finish_reason or 'none'})")
+
+
+@hookimpl
+def css_postprocess(request: CSSRequest, body: bytes) -> Result | None:
+    if request.endpoint == "embeddings":
+        return _embedding.decode(body).embedding.values
+    return _text(body, streamed=False)
+
+
+@hookimpl
+def css_parse_stream_event(data: bytes) -> str | None:
+    return _text(data, streamed=True)
+
+
+@hookimpl
+def css_read_error(status: int, body: bytes, retry_after: float | None) -> ProviderHTTPError | None:
+    try:
+        error = _response.decode(body).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        error = None
+    if error is None:
+        return None  # not Google's shape (a proxy's page): the core reads it as text
+    reasons = {d.reason for d in error.details if d.type.endswith("ErrorInfo")}
+    delays = [float(m[1]) for d in error.details if (m := _DELAY.fullmatch(d.retry_delay or ""))]
+    hint = retry_after if retry_after is not None else next(iter(delays), None)
+    key_refused = status == 403 or (status == 400 and "API_KEY_INVALID" in reasons) or None
+    return ProviderHTTPError(status, str(error), hint, key_refused=key_refused)
