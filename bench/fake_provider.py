@@ -7,7 +7,13 @@ Any `POST .../chat/completions` (any path, in fact) is answered with a fixed cha
 completion after `--latency-ms`; a body holding `"stream": true` is answered with
 server-sent events (chunked transfer encoding): the first event after `--latency-ms`,
 then one every `--chunk-delay-ms`, `--chunks` events in all, each with non-empty
-`choices[0].delta.content`, then `data: [DONE]`. `GET` anything answers a small JSON.
+`choices[0].delta.content` (`tok0 `, `tok1 `, ...), then `data: [DONE]`. `GET` anything
+answers a small JSON.
+
+A stream's length and gap can also be set per request, by the body fields
+`"bench_chunks": N` (0-100,000) and `"bench_gap_ms": G` (0-10,000): bench/client.py's
+`--gap-ms` sends them (in the job's `extra_args` through the service, which merges them
+into the provider body). A gap of 0 sends the whole stream at once.
 
 It is written on raw asyncio Protocols (uvloop when installed) with a minimal HTTP/1.1
 keep-alive parser, so that it is never the bottleneck of a benchmark: one process serves
@@ -32,6 +38,10 @@ import sys
 __all__ = ("completion_body", "main", "serve", "stream_event")
 
 _STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
+_CHUNKS_RE = re.compile(rb'"bench_chunks"\s*:\s*(\d{1,6})\b')
+_GAP_RE = re.compile(rb'"bench_gap_ms"\s*:\s*(\d{1,5}(?:\.\d+)?)\b')
+_MAX_CHUNKS = 100_000
+_MAX_GAP_MS = 10_000.0
 _MAX_HEAD = 64 * 1024
 
 
@@ -78,10 +88,30 @@ class Config:
         self.chunks = chunks
         self.chunk_delay = chunk_delay
         self.events = [_chunk(stream_event(i)) for i in range(chunks)]
+        self._cache: dict[int, list[bytes]] = {chunks: self.events}
+
+    def events_of(self, chunks: int) -> list[bytes]:
+        """The events of a stream of `chunks` events (built once per length)."""
+        events = self._cache.get(chunks)
+        if events is None:
+            events = self.events[:chunks] if chunks <= len(self.events) else [
+                *self.events, *(_chunk(stream_event(i)) for i in range(len(self.events), chunks))]
+            self._cache[chunks] = events
+        return events
+
+    def stream_of(self, body: bytes) -> tuple[list[bytes], float]:
+        """The events and the gap (s) of a stream: the run's, or the body's `bench_chunks` / `bench_gap_ms`."""
+        events, gap = self.events, self.chunk_delay
+        if b'"bench_' in body:
+            if (m := _CHUNKS_RE.search(body)) is not None:
+                events = self.events_of(min(int(m.group(1)), _MAX_CHUNKS))
+            if (m := _GAP_RE.search(body)) is not None:
+                gap = min(float(m.group(1)), _MAX_GAP_MS) / 1000
+        return events, gap
 
 
 class FakeOpenAI(asyncio.Protocol):
-    __slots__ = ("buf", "busy", "close_after", "config", "handle", "loop", "transport")
+    __slots__ = ("buf", "busy", "close_after", "config", "events", "gap", "handle", "loop", "transport")
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -91,6 +121,8 @@ class FakeOpenAI(asyncio.Protocol):
         self.close_after = False
         self.handle: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
+        self.events: list[bytes] = config.events  # the stream under way
+        self.gap = config.chunk_delay
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -142,6 +174,7 @@ class FakeOpenAI(asyncio.Protocol):
                 self.done()
             elif _STREAM_RE.search(body):
                 self.busy = True
+                self.events, self.gap = self.config.stream_of(body)
                 self.later(self.config.latency, self.stream_start)
             elif self.config.latency > 0:
                 self.busy = True
@@ -175,29 +208,31 @@ class FakeOpenAI(asyncio.Protocol):
             self.process()
 
     def stream_start(self) -> None:
+        self.handle = None
         if self.transport is None:
             return
-        events = self.config.events
-        if not events:
-            self.transport.write(_SSE_HEAD + _SSE_END)
+        events = self.events
+        if not events or self.gap <= 0:  # all at once
+            self.transport.write(b"".join((_SSE_HEAD, *events, _SSE_END)))
             self.finish()
             return
         self.transport.write(_SSE_HEAD + events[0])
         self.stream_next(1)
 
     def stream_next(self, i: int) -> None:
-        if i >= len(self.config.events):
-            self.later(self.config.chunk_delay, self.stream_end)
+        if i >= len(self.events):
+            self.handle = self.loop.call_later(self.gap, self.stream_end)
         else:
-            self.later(self.config.chunk_delay, self.stream_send, i)
+            self.handle = self.loop.call_later(self.gap, self.stream_send, i)
 
     def stream_send(self, i: int) -> None:
         if self.transport is None:
             return
-        self.transport.write(self.config.events[i])
+        self.transport.write(self.events[i])
         self.stream_next(i + 1)
 
     def stream_end(self) -> None:
+        self.handle = None
         if self.transport is None:
             return
         self.transport.write(_SSE_END)

@@ -1,37 +1,73 @@
 """Micro-benchmarks: CPU µs per request of each piece of the service's path, in-process.
 
-    python bench/micro.py [--n 5000] [--conc 1,32,256] [--only NAME,...]
+    python bench/micro.py [--n 5000] [--conc 1,32,256] [--only NAME,...] [--gc on|off|freeze]
 
 Each case runs `--n` operations on one uvloop event loop, at each concurrency, and reports
 the CPU time of this process (time.process_time, so other load on the machine affects it
-little) per operation. The fake provider (bench/fake_provider.py, 0 ms) runs in its own
-process. Cases:
+little) per operation, and the wall time per operation in brackets. The fake provider
+(bench/fake_provider.py, 0 ms) runs in its own process. Cases without I/O run 10 x `--n`
+operations at concurrency 1 only. Cases:
+
+The provider call (POST the OpenAI body, read the whole answer):
 
 - `raw`: a raw asyncio.Protocol keep-alive client (bench/client.py's): the floor.
-- `aiohttp`: the service's own provider call: a real css_core.provider_http.ProviderHTTP,
-  `post(PreparedCall)` (aiohttp session, status checked, errors mapped).
-- `httpx-plugin`: `ProviderHTTP(plugin_calls=True).client.post(...)` + `.content`: the
-  httpx.AsyncClient over the same aiohttp pool that plugins implementing `css_call` get.
-- `httpx-service`, `httpx-default`: for comparison only, httpx with its own transport
-  (httpcore): configured as css_core.app did before provider_http.py (retries=0, no
-  connection limit, 256 keep-alive), and with httpx's default limits (100 connections).
-- `first-attempt`: Workflow._attempts around an already-done attempt: what wraps every
-  job's first attempt (deadline, counting; no tenacity).
-- `tenacity`: css_core.retry.retrying() around an already-done coroutine: what a job pays
-  from its second attempt on (after a retryable failure).
-- `pluggy`: the per-job hook calls of a completion (css_encode_params, css_postprocess) as
-  the workflow makes them: the plain functions bound at start-up (Provider.hooks).
-- `pluggy-hookcaller`: the same calls through pluggy's own HookCaller (the subset hook
-  caller build_registry binds from), for comparison.
-- `prepare`: Workflow.prepare + decode_job + the result's encoding (everything of a job
-  except the HTTP call and the server), with the OpenAI plugin.
-- `asgi-hello`: a minimal Litestar app (one POST handler returning constant bytes), ASGI
-  in-process: Litestar's own per-request cost (the service's other routes still pay it).
+- `aiohttp`: raw aiohttp, `session.post(...)` + `read()` on a session configured as the
+  worker's pool (css_core.provider_http.ProviderHTTP: no connection limit, no total
+  timeout) but with `trust_env=False`: the floor of the core's call.
+- `aiohttp-trust-env`: the same with `trust_env=True`, as ProviderHTTP has it: aiohttp then
+  looks up `~/.netrc` and the proxy variables on every request, each in a worker thread
+  (this process's CPU time counts the threads).
+- `core-call`: the provider call as the core makes it: `css_core.default_call.css_call`,
+  i.e. `provider_http.send` (an `httpx.Request` through the `httpx-aiohttp` transport's
+  `handle_async_request`) + `provider_http.read` + the status check, on a real
+  ProviderHTTP.
+- `core-call-hook`: the same through the provider's `css_call` HookCaller
+  (`Provider.hooks.call`, which asks the OpenAI plugin, then the core's `trylast` call),
+  as `Workflow.run` makes it.
+- `httpx-client`: `ProviderHTTP.client.post(...)` + `.content`: the `httpx.AsyncClient`
+  over the same transport that plugins implementing `css_call` get.
+- `httpx-httpcore`, `httpx-default`: for comparison only, httpx on its own transport
+  (httpcore): retries=0, no connection limit, 256 keep-alive (as css_core.app once had it),
+  and httpx's default limits (100 connections).
+
+Per job, without I/O:
+
+- `noop`: an `async def` returning a constant: this harness's own cost per operation.
+- `tenacity`: what wraps every job's attempts: `css_core.retry.retrying(...)` built once,
+  `.copy(before_sleep=...)` per job, and one successful attempt through its
+  `async for` / `with` (Workflow._attempts without the deadline).
+- `tenacity-deadline`: the same inside `asyncio.timeout(job_deadline)`, as Workflow._attempts.
+- `hookcaller`: a completion's per-job hook calls (`css_encode_params`, `css_postprocess`)
+  through the provider's pluggy HookCallers (`Provider.hooks.encode_params`, `.postprocess`),
+  as the workflow makes them.
+- `direct`: the same two OpenAI-plugin functions called directly (what the HookCaller adds
+  is the difference).
+- `hookcaller-event`, `direct-event`: `css_parse_stream_event` for one streamed event, through
+  the HookCaller and directly: paid once per chunk of a stream.
+- `abi-decode`: `css_core.codec.decode_request` (eth-abi, after the offsets check) of a
+  typical on-chain request (OPENAI, completions, gpt-4, a system and a user message).
+- `abi-encode`: `css_core.codec.encode_result` (eth-abi) of a typical ~300-character completion.
+- `prepare`: decode_job + Workflow.prepare + the plugin's postprocess + the result's
+  encoding (everything of an off-chain job except the HTTP call and the server), with the
+  OpenAI plugin.
+
+ASGI, in-process (no server, no sockets on the inbound side):
+
+- `asgi-bare`: a raw ASGI callable that reads the body and answers constant bytes: the
+  floor of this harness's ASGI calls.
+- `asgi-route`: the same behind Litestar, as an `@asgi("/service_output", copy_scope=False)`
+  route handler (how `POST /service_output` is routed now): Litestar's `@asgi` dispatch.
+- `asgi-hello`: a full Litestar `@post` handler (Request, Response) answering constant
+  bytes, for comparison (the service's other routes pay this).
 - `asgi-app`: the whole service, `css_core.app.create_app()` called as ASGI in-process
-  (lifespan included; no server, no sockets on the inbound side): POST /service_output
-  goes to ServiceOutput, its provider call real (ProviderHTTP to the fake provider). Its
-  lifespan's gc settings (freeze, threshold) are undone after the case.
-- `asgi-minimal-aiohttp`: bench/variants.py's minimal_app (raw ASGI + msgspec + aiohttp).
+  (lifespan included): POST /service_output of an off-chain job, its provider call real
+  (the worker's pool, to the fake provider). Its lifespan's gc settings (freeze,
+  threshold) are undone after the case.
+- `asgi-app-stream`: the whole service relaying a stream of `--stream-chunks` events
+  `--stream-gap-ms` apart (asked per request, see fake_provider.py): CPU µs per relayed
+  chunk (the stream's CPU / its chunks), concurrency 1 and 32 only.
+- `asgi-minimal-aiohttp`, `asgi-minimal-httpx`: bench/variants.py's minimal_app (raw ASGI +
+  msgspec + aiohttp) and minimal_httpx_app (the same, calling as the core does).
 """
 
 from __future__ import annotations
@@ -45,6 +81,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
@@ -57,13 +94,21 @@ JOB = (
 )
 BODY = b'{"model":"gpt-4","messages":[{"role":"user","content":"hi"}]}'
 HEADERS = {"content-type": "application/json", "authorization": "Bearer bench"}
+RESULT = (
+    "The capital of France is Paris. It lies on the Seine in the north of the country and has been its political, "
+    "economic and cultural centre for centuries; about two million people live in the city itself and more than "
+    "twelve million in its metropolitan area."
+)
+
+Op = Callable[[], Awaitable[object]]
+Close = Callable[[], Awaitable[None]] | None
 
 
-async def drive(op: Callable[[], Awaitable[object]], n: int, conc: int) -> tuple[float, float]:
+async def drive(op: Op, n: int, conc: int) -> tuple[float, float]:
     """CPU µs and wall µs per operation, `conc` at a time."""
-    for _ in range(min(n // 10, 200) + conc):  # warm up (and open the connections)
-        await asyncio.gather(*(op() for _ in range(1)))
-    await asyncio.gather(*(op() for _ in range(conc)))
+    for _ in range(min(n // 10, 200)):  # warm up
+        await op()
+    await asyncio.gather(*(op() for _ in range(conc)))  # (and open the connections)
     left = [n]
 
     async def worker() -> None:
@@ -76,32 +121,26 @@ async def drive(op: Callable[[], Awaitable[object]], n: int, conc: int) -> tuple
     return (time.process_time() - c0) / n * 1e6, (time.perf_counter() - w0) / n * 1e6
 
 
-async def case_httpx(url: str, default: bool) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
-    import httpx
-
-    if default:
-        client = httpx.AsyncClient(timeout=60)
-    else:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0, limits=limits), timeout=60)
-
-    async def op() -> object:
-        r = await client.post(url, content=BODY, headers=HEADERS)
-        return r.content
-
-    return op, client.aclose
+# -- settings, registry, the worker's pool ------------------------------------------------------
 
 
-def _timeout() -> float:
+def _settings(base_url: str):  # type: ignore[no-untyped-def]
     from css_core.config import load_settings
 
-    return load_settings({}, dotenv=None).request_timeout
+    return load_settings({"OPENAI_API_KEY": "bench", "OPENAI_BASE_URL": base_url}, dotenv=None)
 
 
-async def _provider_http(plugin_calls: bool):  # type: ignore[no-untyped-def]
+def _registry(base_url: str):  # type: ignore[no-untyped-def]
+    from css_core.plugins import build_registry
+
+    settings = _settings(base_url)
+    return settings, build_registry(settings)
+
+
+async def _provider_http(base_url: str):  # type: ignore[no-untyped-def]
     from css_core.provider_http import ProviderHTTP
 
-    http = ProviderHTTP(_timeout(), plugin_calls=plugin_calls)
+    http = ProviderHTTP(_settings(base_url))
     await http.__aenter__()
 
     async def close() -> None:
@@ -110,31 +149,10 @@ async def _provider_http(plugin_calls: bool):  # type: ignore[no-untyped-def]
     return http, close
 
 
-async def case_aiohttp(url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
-    from css_core.types import PreparedCall
-
-    http, close = await _provider_http(plugin_calls=False)  # as create_app's when no plugin makes its own calls
-    call = PreparedCall(url, HEADERS, BODY)
-
-    async def op() -> object:
-        return await http.post(call)
-
-    return op, close
+# -- the provider call ----------------------------------------------------------------------------
 
 
-async def case_httpx_plugin(url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
-    http, close = await _provider_http(plugin_calls=True)
-    client = http.client
-    assert client is not None
-
-    async def op() -> object:
-        r = await client.post(url, content=BODY, headers=HEADERS)
-        return r.content
-
-    return op, close
-
-
-async def case_raw(url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
+async def case_raw(url: str) -> tuple[Op, Close]:
     from urllib.parse import urlsplit
 
     import client
@@ -161,80 +179,208 @@ async def case_raw(url: str) -> tuple[Callable[[], Awaitable[object]], Callable[
     return op, close
 
 
-def _settings(base_url: str):  # type: ignore[no-untyped-def]
-    from css_core.config import load_settings
+async def case_aiohttp(url: str, trust_env: bool) -> tuple[Op, Close]:
+    import aiohttp
+    import httpx
 
-    return load_settings({"OPENAI_API_KEY": "bench", "OPENAI_BASE_URL": base_url}, dotenv=None)
+    session = aiohttp.ClientSession(  # as ProviderHTTP's
+        connector=aiohttp.TCPConnector(limit=0, ssl=httpx.create_ssl_context()),
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=trust_env,
+    )
+
+    async def op() -> object:
+        async with session.post(url, data=BODY, headers=HEADERS) as response:
+            body = await response.read()
+            if response.status >= 300:
+                raise RuntimeError(f"status {response.status}")
+            return body
+
+    return op, session.close
 
 
-def _registry(base_url: str):  # type: ignore[no-untyped-def]
-    from css_core.plugins import build_registry
+async def case_core_call(url: str, base_url: str, hook: bool) -> tuple[Op, Close]:
+    from css_core import default_call
+    from css_core.types import PreparedCall
 
-    settings = _settings(base_url)
-    return settings, build_registry(settings)
+    http, close = await _provider_http(base_url)
+    transport, client = http.transport, http.client
+    assert transport is not None
+    call = PreparedCall(url, HEADERS, BODY)
+    if not hook:
+
+        async def op() -> object:
+            return await default_call.css_call(call, transport)
+
+        return op, close
+
+    _, registry = _registry(base_url)
+    provider = registry.by_name("OPENAI")
+    spec, hooks = provider.spec, provider.hooks
+
+    async def op_hook() -> object:
+        return await hooks.call(spec=spec, call=call, client=client, transport=transport)
+
+    return op_hook, close
 
 
-async def case_tenacity() -> tuple[Callable[[], Awaitable[object]], None]:
-    from css_core.config import RetryPolicy
+async def case_httpx_client(url: str, base_url: str) -> tuple[Op, Close]:
+    http, close = await _provider_http(base_url)
+    client = http.client
+    assert client is not None
+
+    async def op() -> object:
+        r = await client.post(url, content=BODY, headers=HEADERS)
+        return r.content
+
+    return op, close
+
+
+async def case_httpx(url: str, default: bool) -> tuple[Op, Close]:
+    import httpx
+
+    if default:
+        client = httpx.AsyncClient(timeout=60, trust_env=False)
+    else:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(retries=0, limits=limits), timeout=60,
+                                   trust_env=False)
+
+    async def op() -> object:
+        r = await client.post(url, content=BODY, headers=HEADERS)
+        return r.content
+
+    return op, client.aclose
+
+
+# -- per job, without I/O -------------------------------------------------------------------------
+
+
+async def case_noop() -> tuple[Op, Close]:
+    async def op() -> object:
+        return 1
+
+    return op, None
+
+
+async def case_tenacity(base_url: str, deadline: bool) -> tuple[Op, Close]:
     from css_core.retry import retrying
 
-    policy = RetryPolicy()
-
-    async def attempt() -> int:
-        return 1
-
-    async def op() -> object:
-        return await retrying(policy, frozenset({429}), 150.0, None)(attempt)
-
-    return op, None
-
-
-async def case_first_attempt(base_url: str) -> tuple[Callable[[], Awaitable[object]], None]:
-    from css_core.workflow import Workflow, _Job
-
     settings, registry = _registry(base_url)
-    workflow = Workflow(registry, settings, None)  # type: ignore[arg-type]
     provider = registry.by_name("OPENAI")
+    job_deadline = settings.job_deadline
+    controller = retrying(settings.retry, provider.spec.retryable_statuses, job_deadline)
+
+    def before_sleep(state: Any) -> None:  # a bound method per job in the workflow
+        pass
 
     async def attempt() -> int:
         return 1
 
     async def op() -> object:
-        return await workflow._attempts(_Job(provider), attempt, settings.job_deadline)
+        async for try_ in controller.copy(before_sleep=before_sleep):
+            with try_:
+                return await attempt()
+        raise AssertionError("tenacity ended without a result")
 
-    return op, None
+    async def op_deadline() -> object:
+        async with asyncio.timeout(job_deadline):
+            async for try_ in controller.copy(before_sleep=before_sleep):
+                with try_:
+                    return await attempt()
+        raise AssertionError("tenacity ended without a result")
+
+    return (op_deadline if deadline else op), None
 
 
-async def case_pluggy(base_url: str, hookcaller: bool) -> tuple[Callable[[], Awaitable[object]], None]:
-    from css_core.plugins import build_registry, plugin_manager
+def _openai(base_url: str):  # type: ignore[no-untyped-def]
     from css_core.types import CSSRequest, Message
 
-    settings = _settings(base_url)
-    pm, infos, errors = plugin_manager()
-    registry = build_registry(settings, pm, infos, errors)
+    _, registry = _registry(base_url)
     provider = registry.by_name("OPENAI")
-    spec = provider.spec
-    if hookcaller:  # as build_registry makes them, before binding: without the other providers' plugins
-        others = [impl.plugin for impl in pm.hook.css_provider.get_hookimpls() if impl.function() != spec]
-        encode_params = pm.subset_hook_caller("css_encode_params", remove_plugins=others)
-        postprocess = pm.subset_hook_caller("css_postprocess", remove_plugins=others)
-    else:
-        encode_params, postprocess = provider.hooks["css_encode_params"], provider.hooks["css_postprocess"]
     request = CSSRequest(provider="OPENAI", endpoint="completions", model="gpt-4", messages=(Message("user", "hi"),))
+    return provider, request
+
+
+def _direct(caller: Any, **arguments: Any) -> Callable[[], Any]:
+    """The function pluggy would call first for `caller`, with the arguments it takes, bound once."""
+    from css_core import default_call
+
+    impl = [i for i in caller.get_hookimpls() if i.plugin is not default_call][-1]  # the last is called first
+    function, kwargs = impl.function, {name: arguments[name] for name in impl.argnames}
+    return lambda: function(**kwargs)
+
+
+async def case_hooks(base_url: str, hookcaller: bool) -> tuple[Op, Close]:
     import fake_provider
 
+    provider, request = _openai(base_url)
+    spec, hooks = provider.spec, provider.hooks
     body = fake_provider.completion_body()
-    if encode_params(spec=spec, request=request) is None or postprocess(spec=spec, request=request, body=body) is None:
-        raise RuntimeError("the OpenAI plugin's hooks answered None")
+    if hookcaller:
+        encode_params, postprocess = hooks.encode_params, hooks.postprocess
 
-    async def op() -> object:
-        encode_params(spec=spec, request=request)
-        return postprocess(spec=spec, request=request, body=body)
+        async def op() -> object:
+            encode_params(spec=spec, request=request)
+            return postprocess(spec=spec, request=request, body=body)
+    else:
+        encode = _direct(hooks.encode_params, spec=spec, request=request)
+        post = _direct(hooks.postprocess, spec=spec, request=request, body=body)
+
+        async def op() -> object:
+            encode()
+            return post()
+
+    if await op() != "Hello! How can I help you today?":
+        raise RuntimeError("the OpenAI plugin's hooks did not read the completion")
+    return op, None
+
+
+async def case_event(base_url: str, hookcaller: bool) -> tuple[Op, Close]:
+    import fake_provider
+
+    provider, request = _openai(base_url)
+    spec, hooks = provider.spec, provider.hooks
+    event = fake_provider.stream_event(7)
+    data = event[len(b"data: ") : -2]
+    if hookcaller:
+        parse = hooks.parse_stream_event
+
+        async def op() -> object:
+            return parse(spec=spec, request=request, data=data)
+    else:
+        parse_direct = _direct(hooks.parse_stream_event, spec=spec, request=request, data=data)
+
+        async def op() -> object:
+            return parse_direct()
+
+    if await op() != "tok7 ":
+        raise RuntimeError("the OpenAI plugin did not read the event")
+    return op, None
+
+
+async def case_abi(decode: bool) -> tuple[Op, Close]:
+    from css_core import codec
+    from css_core.types import Message
+
+    messages = (Message("system", "You are a helpful assistant."), Message("user", "What is the capital of France?"))
+    raw = codec.encode_request(0, 0, "gpt-4", messages)
+    if codec.decode_request(raw).messages != messages or codec.decode_result(codec.encode_result(RESULT)) != RESULT:
+        raise RuntimeError("the codec does not round-trip")
+    if decode:
+
+        async def op() -> object:
+            return codec.decode_request(raw)
+    else:
+
+        async def op() -> object:
+            return codec.encode_result(RESULT)
 
     return op, None
 
 
-async def case_prepare(base_url: str) -> tuple[Callable[[], Awaitable[object]], None]:
+async def case_prepare(base_url: str) -> tuple[Op, Close]:
+    import fake_provider
     import msgspec
 
     from css_core.job import decode_job
@@ -243,21 +389,23 @@ async def case_prepare(base_url: str) -> tuple[Callable[[], Awaitable[object]], 
 
     settings, registry = _registry(base_url)
     workflow = Workflow(registry, settings, None)  # type: ignore[arg-type]
-    import fake_provider
-
     body = fake_provider.completion_body()
     encode = msgspec.json.Encoder().encode
 
     async def op() -> object:
         job = decode_job(JOB, registry, settings)
-        provider, _call = workflow.prepare(job.request)
-        result = provider.hooks["css_postprocess"](spec=provider.spec, request=job.request, body=body)
+        prepared, _url, _content = workflow.prepare(job.request)
+        provider = prepared.provider
+        result = provider.hooks.postprocess(spec=provider.spec, request=job.request, body=body)
         return encode(OffchainOutput(result))
 
     return op, None
 
 
-def _asgi_caller(app):  # type: ignore[no-untyped-def]
+# -- ASGI -----------------------------------------------------------------------------------------
+
+
+def _asgi_caller(app: Any, body: bytes = JOB) -> Op:
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -271,7 +419,7 @@ def _asgi_caller(app):  # type: ignore[no-untyped-def]
         "headers": [
             (b"host", b"127.0.0.1"),
             (b"content-type", b"application/json"),
-            (b"content-length", str(len(JOB)).encode()),
+            (b"content-length", str(len(body)).encode()),
         ],
         "client": ("127.0.0.1", 50000),
         "server": ("127.0.0.1", 8000),
@@ -281,27 +429,30 @@ def _asgi_caller(app):  # type: ignore[no-untyped-def]
     async def op() -> object:
         sent = False
         status = []
+        ended = [False]
 
         async def receive():  # type: ignore[no-untyped-def]
             nonlocal sent
             if not sent:
                 sent = True
-                return {"type": "http.request", "body": JOB, "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             await asyncio.sleep(3600)
 
         async def send(message):  # type: ignore[no-untyped-def]
             if message["type"] == "http.response.start":
                 status.append(message["status"])
+            elif not message.get("more_body", False):
+                ended[0] = True
 
         await app(dict(scope), receive, send)
-        if status != [200]:
-            raise RuntimeError(f"status {status}")
+        if status != [200] or not ended[0]:
+            raise RuntimeError(f"status {status}, body ended: {ended[0]}")
         return status
 
     return op
 
 
-async def _lifespan(app):  # type: ignore[no-untyped-def]
+async def _lifespan(app: Any) -> Callable[[], Awaitable[None]]:
     queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
     out: asyncio.Queue[dict[str, str]] = asyncio.Queue()
     await queue.put({"type": "lifespan.startup"})
@@ -318,23 +469,33 @@ async def _lifespan(app):  # type: ignore[no-untyped-def]
     return close
 
 
-async def case_asgi_app(base_url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
-    from css_core.app import create_app
+_START = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
+_HELLO = {"type": "http.response.body", "body": b'{"output":"hello"}'}
 
-    settings, registry = _registry(base_url)
-    threshold = gc.get_threshold()
-    app = create_app(settings, registry)
-    close_app = await _lifespan(app)  # its start-up freezes the heap and raises the gc threshold
 
-    async def close() -> None:
-        await close_app()
-        gc.unfreeze()  # not for the cases after this one
-        gc.set_threshold(*threshold)
+async def _bare(scope: Any, receive: Any, send: Any) -> None:
+    await receive()
+    await send(_START)
+    await send(_HELLO)
 
+
+async def case_asgi_bare() -> tuple[Op, Close]:
+    return _asgi_caller(_bare), None
+
+
+async def case_asgi_route() -> tuple[Op, Close]:
+    from litestar import Litestar, asgi
+
+    @asgi("/service_output", copy_scope=False)
+    async def handler(scope: Any, receive: Any, send: Any) -> None:
+        await _bare(scope, receive, send)
+
+    app = Litestar(route_handlers=[handler], logging_config=None, openapi_config=None)
+    close = await _lifespan(app)
     return _asgi_caller(app), close
 
 
-async def case_asgi_hello() -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
+async def case_asgi_hello() -> tuple[Op, Close]:
     from litestar import Litestar, Request, Response, post
 
     @post("/service_output", status_code=200, media_type="application/json")
@@ -349,12 +510,34 @@ async def case_asgi_hello() -> tuple[Callable[[], Awaitable[object]], Callable[[
     return _asgi_caller(app), close
 
 
-async def case_asgi_minimal(base_url: str) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
+async def case_asgi_app(base_url: str, body: bytes = JOB) -> tuple[Op, Close]:
+    from css_core.app import create_app
+
+    settings, registry = _registry(base_url)
+    threshold = gc.get_threshold()
+    app = create_app(settings, registry)
+    close_app = await _lifespan(app)  # its start-up freezes the heap and raises the gc threshold
+
+    async def close() -> None:
+        await close_app()
+        gc.unfreeze()  # not for the cases after this one
+        gc.set_threshold(*threshold)
+
+    return _asgi_caller(app, body), close
+
+
+def stream_job(chunks: int, gap_ms: float) -> bytes:
+    import client
+
+    return client.with_stream_shape(client.SERVICE_STREAM, "service", chunks, gap_ms)
+
+
+async def case_asgi_minimal(base_url: str, httpx: bool) -> tuple[Op, Close]:
     import variants
 
     os.environ.setdefault("OPENAI_BASE_URL", base_url)
     os.environ.setdefault("OPENAI_API_KEY", "bench")
-    app = variants.minimal_app()
+    app = variants.minimal_httpx_app() if httpx else variants.minimal_app()
     close = await _lifespan(app)
     return _asgi_caller(app), close
 
@@ -362,66 +545,108 @@ async def case_asgi_minimal(base_url: str) -> tuple[Callable[[], Awaitable[objec
 CASES = [
     "raw",
     "aiohttp",
-    "httpx-plugin",
-    "httpx-service",
+    "aiohttp-trust-env",
+    "core-call",
+    "core-call-hook",
+    "httpx-client",
+    "httpx-httpcore",
     "httpx-default",
-    "first-attempt",
+    "noop",
     "tenacity",
-    "pluggy",
-    "pluggy-hookcaller",
+    "tenacity-deadline",
+    "hookcaller",
+    "direct",
+    "hookcaller-event",
+    "direct-event",
+    "abi-decode",
+    "abi-encode",
     "prepare",
+    "asgi-bare",
+    "asgi-route",
     "asgi-hello",
     "asgi-app",
+    "asgi-app-stream",
     "asgi-minimal-aiohttp",
+    "asgi-minimal-httpx",
 ]
-CPU_ONLY = {"first-attempt", "tenacity", "pluggy", "pluggy-hookcaller", "prepare"}  # no I/O: 10x --n, conc 1
+CPU_ONLY = {"noop", "tenacity", "tenacity-deadline", "hookcaller", "direct", "hookcaller-event", "direct-event",
+            "abi-decode", "abi-encode", "prepare"}  # no I/O: 10x --n, conc 1
+C1_ONLY = {"asgi-bare", "asgi-route", "asgi-hello"}  # no I/O either, but ASGI: --n, conc 1
+STREAM_CONC = {1, 32}
+
+
+Factory = Callable[[], Awaitable[tuple[Op, Close]]]
+
+
+def factories(args: argparse.Namespace, url: str, base_url: str) -> dict[str, Factory]:
+    return {
+        "raw": lambda: case_raw(url),
+        "aiohttp": lambda: case_aiohttp(url, False),
+        "aiohttp-trust-env": lambda: case_aiohttp(url, True),
+        "core-call": lambda: case_core_call(url, base_url, False),
+        "core-call-hook": lambda: case_core_call(url, base_url, True),
+        "httpx-client": lambda: case_httpx_client(url, base_url),
+        "httpx-httpcore": lambda: case_httpx(url, False),
+        "httpx-default": lambda: case_httpx(url, True),
+        "noop": case_noop,
+        "tenacity": lambda: case_tenacity(base_url, False),
+        "tenacity-deadline": lambda: case_tenacity(base_url, True),
+        "hookcaller": lambda: case_hooks(base_url, True),
+        "direct": lambda: case_hooks(base_url, False),
+        "hookcaller-event": lambda: case_event(base_url, True),
+        "direct-event": lambda: case_event(base_url, False),
+        "abi-decode": lambda: case_abi(True),
+        "abi-encode": lambda: case_abi(False),
+        "prepare": lambda: case_prepare(base_url),
+        "asgi-bare": case_asgi_bare,
+        "asgi-route": case_asgi_route,
+        "asgi-hello": case_asgi_hello,
+        "asgi-app": lambda: case_asgi_app(base_url),
+        "asgi-app-stream": lambda: case_asgi_app(base_url, stream_job(args.stream_chunks, args.stream_gap_ms)),
+        "asgi-minimal-aiohttp": lambda: case_asgi_minimal(base_url, False),
+        "asgi-minimal-httpx": lambda: case_asgi_minimal(base_url, True),
+    }
 
 
 async def main_async(args: argparse.Namespace, url: str, base_url: str) -> None:
     print(f"| case | {' | '.join(f'c{c} CPU µs/op (wall µs/op)' for c in args.conc)} |")
     print("|---|" + "---|" * len(args.conc))
+    make = factories(args, url, base_url)
     for name in CASES:
         if args.only and name not in args.only:
             continue
         cells = []
         for conc in args.conc:
-            if (name in CPU_ONLY or name == "asgi-hello") and conc != 1:
+            if ((name in CPU_ONLY or name in C1_ONLY) and conc != 1) or (
+                    name == "asgi-app-stream" and conc not in STREAM_CONC):
                 cells.append("—")
                 continue
-            factory = {
-                "raw": lambda: case_raw(url),
-                "aiohttp": lambda: case_aiohttp(url),
-                "httpx-plugin": lambda: case_httpx_plugin(url),
-                "httpx-service": lambda: case_httpx(url, False),
-                "httpx-default": lambda: case_httpx(url, True),
-                "first-attempt": lambda: case_first_attempt(base_url),
-                "tenacity": case_tenacity,
-                "pluggy": lambda: case_pluggy(base_url, False),
-                "pluggy-hookcaller": lambda: case_pluggy(base_url, True),
-                "prepare": lambda: case_prepare(base_url),
-                "asgi-hello": case_asgi_hello,
-                "asgi-app": lambda: case_asgi_app(base_url),
-                "asgi-minimal-aiohttp": lambda: case_asgi_minimal(base_url),
-            }[name]
-            op, close = await factory()
+            op, close = await make[name]()
             if args.gc == "freeze":
                 gc.collect()
                 gc.freeze()
-            n = args.n * (10 if name in CPU_ONLY else 1)
+            n = args.n * 10 if name in CPU_ONLY else args.n
+            per = 1
+            if name == "asgi-app-stream":  # per relayed chunk
+                n, per = max(20, args.n // (5 * args.stream_chunks)), args.stream_chunks
             cpu, wall = await drive(op, n, conc)
             if close:
                 await close()
-            cells.append(f"{cpu:,.1f} ({wall:,.1f})")
-        print(f"| {name} | {' | '.join(cells)} |", flush=True)
+            cells.append(f"{cpu / per:,.1f} ({wall / per:,.1f})")
+        label = f"{name} (per chunk)" if name == "asgi-app-stream" else name
+        print(f"| {label} | {' | '.join(cells)} |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=5000)
     p.add_argument("--conc", default="1,32,256")
-    p.add_argument("--only", default="")
+    p.add_argument("--only", default="", help="comma-separated cases: " + ",".join(CASES))
     p.add_argument("--pin-fake", default="1")
     p.add_argument("--pin-self", default="0")
+    p.add_argument("--stream-chunks", type=int, default=20, help="events per stream of asgi-app-stream (default 20)")
+    p.add_argument("--stream-gap-ms", type=float, default=1.0,
+                   help="gap between them (default 1 ms: each event arrives on its own read)")
     p.add_argument(
         "--gc",
         choices=("on", "off", "freeze"),
@@ -432,6 +657,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     args.conc = [int(c) for c in args.conc.split(",")]
     args.only = {c for c in args.only.split(",") if c}
+    if unknown := args.only - set(CASES):
+        p.error(f"unknown cases: {', '.join(sorted(unknown))}")
     if args.pin_self:
         os.sched_setaffinity(0, {int(c) for c in args.pin_self.split(",")})
     import uvloop

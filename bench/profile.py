@@ -1,6 +1,7 @@
 """Profile one service worker under wrk load with py-spy and say where its CPU goes.
 
     python bench/profile.py [--conc 32] [--latency-ms 0] [--seconds 10] [--server CMD] [--rate 250]
+    python bench/profile.py --mode stream --conc 400 --chunks 100 --gap-ms 20   # issue 13's streams
 
 Starts the fake provider and the service (1 worker, or `--server` as in run.py), puts wrk
 load on it (pinned like run.py), records the worker with `py-spy record --format raw`
@@ -8,8 +9,13 @@ load on it (pinned like run.py), records the worker with `py-spy record --format
 
 - the share of samples by component (the package of the innermost frame that is not the
   standard library's asyncio/selectors plumbing, see COMPONENTS);
-- the share, inclusive, of the frames that matter (Litestar, httpx, httpcore, tenacity,
-  pluggy, msgspec, uvicorn...), and the top self-time frames.
+- the share, inclusive, of the frames that matter (Litestar, httpx, the httpx-aiohttp
+  transport, aiohttp, tenacity, pluggy, eth-abi, msgspec, uvicorn...), and the top
+  self-time frames.
+
+`--mode stream` loads it with bench/client.py streams instead of wrk; `--chunks` and
+`--gap-ms` then set each stream's shape (asked per request, see fake_provider.py), and
+`--ramp` starts the connections evenly over that many seconds.
 
 `--raw FILE` keeps py-spy's raw output (one "stack count" line per distinct stack).
 """
@@ -32,6 +38,7 @@ import run
 
 # a frame "belongs" to the first of these whose marker is in its file path
 COMPONENTS = [
+    ("httpx-aiohttp (transport)", "httpx_aiohttp/"),  # before "aiohttp/", which its path contains
     ("httpcore", "httpcore/"),
     ("httpx", "httpx/"),
     ("anyio (httpcore's I/O)", "anyio/"),
@@ -40,6 +47,7 @@ COMPONENTS = [
     ("aiohttp", "aiohttp/"),
     ("tenacity", "tenacity/"),
     ("pluggy", "pluggy/"),
+    ("eth-abi (+ eth-utils, eth-typing)", "eth_"),
     ("litestar", "litestar/"),
     ("msgspec", "msgspec/"),
     ("uvicorn + httptools", "uvicorn/"),
@@ -82,8 +90,9 @@ def summarize(raw: Path, top: int = 25) -> str:
     out = [f"samples: {total}", "", "self time by component (innermost frame's package):"]
     out += [f"  {v / total * 100:5.1f}%  {k}" for k, v in comp_self.most_common()]
     out += ["", "inclusive time of selected frames:"]
-    wanted = ("litestar/", "httpx/_client", "httpcore/_async/connection_pool", "httpcore/_async/http11",
-              "tenacity/", "pluggy/", "css_core/", "css_openai/", "uvicorn/", "msgspec", "logging/", "anyio/")
+    wanted = ("litestar/", "httpx/_client", "httpx/_models", "httpx_aiohttp/", "aiohttp/client",
+              "httpcore/_async/connection_pool", "httpcore/_async/http11", "tenacity/", "pluggy/", "eth_abi/",
+              "css_core/", "css_openai/", "uvicorn/", "msgspec", "logging/", "anyio/")
     rows = [(v, k) for k, v in incl.items() if any(w in k for w in wanted)]
     out += [f"  {v / total * 100:5.1f}%  {k}" for v, k in sorted(rows, reverse=True)[:45]]
     out += ["", f"top {top} frames by self time:"]
@@ -100,6 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--server", default=run.DEFAULT_SERVER)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--mode", choices=("plain", "stream"), default="plain")
+    p.add_argument("--chunks", type=int, default=64, help="--mode stream: chunks per stream (default 64)")
+    p.add_argument("--gap-ms", type=float, default=5.0, help="--mode stream: gap between chunks (default 5 ms)")
+    p.add_argument("--ramp", type=float, default=0.0, help="--mode stream: start the connections over this long")
     p.add_argument("--pin-load", default="1")
     p.add_argument("--pin-fake", default="1")
     p.add_argument("--pin-service", default="")
@@ -122,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
         env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fport}/v1",
                    PATH=f"{run.BIN}{os.pathsep}{env.get('PATH', '')}", **server_env)
+        if args.conc > 512:  # as run.py's llm rows: the default in-flight cap would refuse the rest
+            env.setdefault("CSS_MAX_IN_FLIGHT", str(args.conc))
         cmd = shlex.split(args.server.format(port=port, workers=args.workers))
         service = run.Server(run.pinned(args.pin_service, cmd), port, env, name="service")
         service.wait_ready()
@@ -133,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
                         "-s", str(run.BENCH / "post.lua"), url, "--", "service"]
         else:
             load_cmd = [sys.executable, str(run.BENCH / "client.py"), "stream", "--url", url,
-                        "--conc", str(args.conc), "--duration", str(args.seconds + 3)]
+                        "--conc", str(args.conc), "--duration", str(args.seconds + 3), "--chunks", str(args.chunks),
+                        "--gap-ms", f"{args.gap_ms:g}", "--ramp", f"{args.ramp:g}"]
         load = subprocess.Popen(run.pinned(args.pin_load, load_cmd), stdout=subprocess.PIPE, text=True)
         time.sleep(1.5)
         raw = args.raw or Path(tempfile.mkstemp(suffix=".txt", prefix="pyspy-")[1])

@@ -17,6 +17,13 @@ of medians (min-max over the rounds), with the targets of issue 5 and whether ea
 - streams of 64 chunks 5 ms apart at concurrency 1 and 16 (bench/client.py: streams/s,
   time to first byte, gaps between chunks as they arrive);
 - RSS of the worker after 100,000 requests against after 1,000 (one worker);
+- LLM-like streams (issue 13): N = 100, 400, 1,000 streams open at once, each of 100 chunks
+  20 ms apart (`llm100`, `llm400`, `llm1000`; `--llm-n`, `--llm-chunks`, `--llm-gap-ms`),
+  from K client processes (bench/client.py, samples merged), against a fake provider of
+  `--llm-fake-procs` processes: streams/s, time to first byte, the gaps between chunks,
+  service CPU per relayed chunk, and RSS per open stream (the workers' RSS with N streams
+  open minus before, / N). DIRECT is measured alone first at the largest N, with 1, 2, ...
+  client processes until it keeps up (`--llm-clients auto`), and its ceiling is printed;
 - errors (non-2xx, socket errors, wrong stream text) for every row; a row with errors is
   flagged.
 
@@ -275,7 +282,7 @@ def run_client(args: argparse.Namespace, kind: str, url: str, mode: str, conc: i
 @dataclass(frozen=True)
 class Row:
     key: str
-    kind: str  # "wrk" or "stream"
+    kind: str  # "wrk", "stream" or "llm"
     conc: int
     latency_ms: int
 
@@ -289,17 +296,40 @@ ROWS = [
     Row("s1", "stream", 1, 0),
     Row("s16", "stream", 16, 0),
 ]
+LLM_N = "100,400,1000"
+
+
+def llm_rows(spec: str) -> list[Row]:
+    """The `llm<N>` rows of `--llm-n`."""
+    return [Row(f"llm{n}", "llm", n, 0) for n in dict.fromkeys(int(x) for x in spec.split(",") if x.strip())]
+
+
+def ideal_llm_rate(n: int, duration: float, ramp: float, length: float) -> float:
+    """Streams/s of the llm rows' client if every stream took exactly `length` seconds: connection g
+    starts at ramp * g / n and streams back to back while before `duration`."""
+    done, end = 0, 0.0
+    length = max(length, 1e-3)
+    for g in range(n):
+        start = ramp * g / n
+        if start >= duration:
+            continue
+        count = -(-(duration - start) // length)  # ceil
+        done += int(count)
+        end = max(end, start + count * length)
+    return done / end if end else 0.0
 
 
 @dataclass
 class Bench:
     args: argparse.Namespace
-    fakes: dict[int, Server] = field(default_factory=dict)  # by latency
+    fakes: dict[int | str, Server] = field(default_factory=dict)  # by latency, and "llm"
     results: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)  # (row, target) -> rounds
     hwm: dict[str, list[int]] = field(default_factory=dict)  # target -> peak RSS kB of each worker, every instance
     memory: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
     quiet_left: float = 0.0  # seconds of --quiet-budget left
+    llm_clients: int = 1  # client processes of the llm rows (chosen by llm_ceiling)
+    ceiling: list[dict[str, Any]] = field(default_factory=list)  # the DIRECT llm probes, in order
 
     def __post_init__(self) -> None:
         self.quiet_left = self.args.quiet_budget
@@ -344,7 +374,8 @@ class Bench:
         done = max(out["completed"], 1)
         out["fake_cpu_ms"] = (sum(f.ticks() for f in self.fakes.values()) - f0) / TICK * 1000 / done
         if service:
-            out["cpu_ms"] = (service.ticks() - s0) / TICK * 1000 / done
+            out["cpu_total_ms"] = (service.ticks() - s0) / TICK * 1000
+            out["cpu_ms"] = out["cpu_total_ms"] / done
             service.note_hwm()
 
     # -- one target ---------------------------------------------------------------------------
@@ -368,12 +399,13 @@ class Bench:
         self.log(f"    {row.key:8} {target:3} {out['rate']:9.1f}/s p50 {out['p50_ms']:8.3f} ms "
                  f"p99 {out['p99_ms']:8.3f} ms{extra}{cpu} foreign {out['foreign_cores']:.2f}{flag}")
 
-    def start_service(self, workers: int, latency: int) -> Server:
+    def start_service(self, workers: int, latency: int | str, extra_env: dict[str, str] | None = None) -> Server:
         port = free_port()
         fake = self.fakes[latency]
         env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
         env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fake.port}/v1",
                    PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+        env.update(extra_env or {})
         env.update(self.args.server_env)
         cmd = shlex.split(self.args.server.format(port=port, workers=workers))
         server = Server(pinned(self.args.pin_service, cmd), port, env, name=f"service ({cmd[0]}, {workers} w)")
@@ -405,9 +437,184 @@ class Bench:
                     self.hwm.setdefault(target, []).extend(service.hwm_kb.values())
                 finally:
                     service.stop()
+        for row in self.llm_selected():
+            self.llm_row(row)
 
     def selected(self, row: Row) -> bool:
-        return not self.args.only or row.key in self.args.only
+        if self.args.only:
+            return row.key in self.args.only
+        return row.kind != "llm" or not self.args.no_llm
+
+    def llm_selected(self) -> list[Row]:
+        return [r for r in self.args.llm_rows if self.selected(r)]
+
+    # -- llm rows (issue 13) --------------------------------------------------------------------
+
+    def llm_length(self) -> float:
+        """Seconds one llm stream lasts at the fake provider."""
+        return self.args.llm_chunks * self.args.llm_gap_ms / 1000
+
+    def run_llm(self, url: str, mode: str, n: int, clients: int, service: Server | None) -> dict[str, Any]:
+        """N streams from `clients` bench/client.py processes sharing one start and one ramp; the
+        samples merged. With a service, its workers' RSS is sampled while all N streams are open."""
+        a = self.args
+        k = max(1, min(clients, n))
+        duration, ramp, length = a.llm_duration, a.llm_ramp, self.llm_length()
+        tmp = Path(tempfile.mkdtemp(prefix="css-bench-llm-"))
+        start_at = time.time() + 0.5 + 0.15 * k  # the processes' start-up
+        sizes = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        procs: list[tuple[subprocess.Popen[str], Path]] = []
+        rss: list[int] = []
+        try:
+            for i, size in enumerate(sizes):
+                dump = tmp / f"client{i}.json"
+                cmd = [sys.executable, str(BENCH / "client.py"), "stream", "--url", url, "--mode", mode,
+                       "--conc", str(size), "--chunks", str(a.llm_chunks), "--gap-ms", f"{a.llm_gap_ms:g}",
+                       "--duration", f"{duration:g}", "--ramp", f"{ramp:g}", "--slot", str(i), "--slots", str(k),
+                       "--total", str(n), "--start-at", repr(start_at), "--dump", str(dump),
+                       "--timeout", f"{a.llm_timeout:g}"]
+                procs.append((subprocess.Popen(pinned(a.llm_pin, cmd), stdout=subprocess.PIPE,
+                                               stderr=subprocess.PIPE, text=True), dump))
+            # all N open: after the ramp (and a quarter of a stream), until the first connections stop
+            open_from, open_to = start_at + ramp + min(0.25 * length, 1.0), start_at + duration
+            deadline = start_at + duration + a.llm_timeout + 30
+            while any(p.poll() is None for p, _ in procs) and time.time() < deadline:
+                now = time.time()
+                if service and open_from <= now <= open_to:
+                    rss.append(sum(status_kb(pid, "VmRSS") for pid in service.workers()))
+                time.sleep(0.2)
+            for p, _ in procs:
+                if p.poll() is None:  # past the deadline: counted as a client error below
+                    p.kill()
+            outs = [(p.communicate()[0], dump) for p, dump in procs]
+        finally:
+            for p, _ in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        completed = chunks = 0
+        elapsed = 0.0
+        errors: dict[str, int] = {"status": 0, "socket": 0, "content": 0, "client": 0}
+        ttfb: list[float] = []
+        gaps: list[float] = []
+        latency: list[float] = []
+        for (p, _), (stdout, dump) in zip(procs, outs, strict=True):
+            lines = stdout.strip().splitlines()
+            if p.returncode != 0 or not lines or not dump.exists():
+                errors["client"] += 1
+                continue
+            r = json.loads(lines[-1])
+            completed += r["completed"]
+            chunks += r["chunks_total"]
+            elapsed = max(elapsed, r["elapsed_s"])
+            for key, value in r["errors"].items():
+                errors[key] = errors.get(key, 0) + value
+            raw = json.loads(dump.read_text())
+            ttfb += raw["ttfb"]
+            gaps += raw["gaps"]
+            latency += raw["latency"]
+            dump.unlink()
+        with contextlib.suppress(OSError):
+            tmp.rmdir()
+        errors["no_response"] = int(completed == 0 and not any(errors.values()))
+        ms = 1000.0
+        pct = _pct
+        rate = completed / elapsed if elapsed else 0.0
+        return {
+            "completed": completed, "requests": completed + sum(errors.values()), "rate": rate,
+            "errors": sum(errors.values()), "error_detail": {k_: v for k_, v in errors.items() if v},
+            "p50_ms": pct(latency, 50) * ms, "p99_ms": pct(latency, 99) * ms,
+            "ttfb_p50_ms": pct(ttfb, 50) * ms, "ttfb_p99_ms": pct(ttfb, 99) * ms,
+            "gap_p50_ms": pct(gaps, 50) * ms, "gap_p99_ms": pct(gaps, 99) * ms,
+            "chunks_total": chunks, "chunks_per_s": chunks / elapsed if elapsed else 0.0, "clients": k,
+            "elapsed_s": elapsed, "ideal_rate": ideal_llm_rate(n, duration, ramp, length),
+            "rss_open_kb": max(rss) if rss else 0, "rss_samples": len(rss),
+        }
+
+    def keeps_up(self, out: dict[str, Any]) -> bool:
+        """DIRECT is not limited by the load generator or the fake provider: no errors, ≥ 90% of the
+        ideal streams/s (the fake's timers run a little late: ~0.5 ms a gap), the gaps between chunks
+        at p50 within 10% of the gap and at p99 within half a gap (≥ 5 ms)."""
+        gap = self.args.llm_gap_ms
+        return (out["errors"] == 0 and out["rate"] >= 0.9 * out["ideal_rate"]
+                and out["gap_p50_ms"] <= 1.1 * gap + 0.5 and out["gap_p99_ms"] <= gap + max(5.0, 0.5 * gap))
+
+    def log_llm(self, key: str, target: str, out: dict[str, Any]) -> None:
+        flag = f"  ERRORS {out['error_detail']}" if out["errors"] else ""
+        cpu = f" cpu {out['cpu_chunk_us']:.0f} µs/chunk" if "cpu_chunk_us" in out else ""
+        mem = f" rss {out['rss_stream_kb']:.1f} kB/stream" if "rss_stream_kb" in out else ""
+        self.log(f"    {key:8} {target:3} {out['rate']:8.1f} streams/s ({out['rate'] / out['ideal_rate'] * 100:.0f}% "
+                 f"of ideal, {out['clients']} client proc) ttfb p50/p99 {out['ttfb_p50_ms']:.2f}/"
+                 f"{out['ttfb_p99_ms']:.2f} ms gap p50/p99 {out['gap_p50_ms']:.1f}/{out['gap_p99_ms']:.1f} ms"
+                 f"{cpu}{mem} foreign {out['foreign_cores']:.2f}{flag}")
+
+    def llm_ceiling(self) -> None:
+        """DIRECT alone at the largest N, with 1, 2, 4... client processes (or --llm-clients), until it
+        keeps up: the llm rows then use that many."""
+        a = self.args
+        n = max(r.conc for r in self.llm_selected())
+        url = f"http://127.0.0.1:{self.fakes['llm'].port}/v1/chat/completions"
+        tries = [int(a.llm_clients)] if a.llm_clients != "auto" else \
+            [k for k in (1, 2, 4, 8, 16) if k <= max(1, a.llm_max_clients)]
+        self.log(f"llm: DIRECT ceiling at N={n}, client processes {tries if len(tries) > 1 else tries[0]}")
+        best: dict[str, Any] | None = None
+        for k in tries:
+            self.wait_quiet(None)
+            out: dict[str, Any] = {"n": n}
+            with self.accounted(None, out):
+                out.update(self.run_llm(url, "direct", n, k, None))
+            out["keeps_up"] = self.keeps_up(out)
+            self.ceiling.append(out)
+            self.log_llm(f"llm{n}", "D*", out)
+            if best is None or out["rate"] > best["rate"] * 1.02:
+                best = out
+            if out["keeps_up"]:
+                best = out
+                break
+        assert best is not None
+        self.llm_clients = best["clients"]
+        if not best["keeps_up"]:
+            self.log(f"    DIRECT does not keep up at N={n} with any of {tries} client processes: "
+                     f"the llm rows use {self.llm_clients}, and their ratios are against a limited DIRECT")
+
+    def llm_row(self, row: Row) -> None:
+        """DIRECT, then a fresh service per worker count (its idle RSS measured after a warm-up)."""
+        a = self.args
+        fake = self.fakes["llm"]
+        direct: dict[str, Any] = {}
+        self.wait_quiet(None)
+        with self.accounted(None, direct):
+            direct.update(self.run_llm(f"http://127.0.0.1:{fake.port}/v1/chat/completions", "direct", row.conc,
+                                       self.llm_clients, None))
+        direct["keeps_up"] = self.keeps_up(direct)
+        self.results.setdefault((row.key, "D"), []).append(direct)
+        self.log_llm(row.key, "D", direct)
+        in_flight = a.llm_in_flight or max(512, row.conc)
+        for workers in a.workers:
+            target = f"w{workers}"
+            service = self.start_service(workers, "llm", {"CSS_MAX_IN_FLIGHT": str(in_flight)})
+            try:
+                url = f"http://127.0.0.1:{service.port}/service_output"
+                # a few short streams on enough connections to reach every worker: what they import
+                # and build on their first stream is not counted as the streams' memory
+                warm = [sys.executable, str(BENCH / "client.py"), "stream", "--url", url, "--mode", "service",
+                        "--conc", str(8 * workers), "--requests", str(16 * workers), "--chunks", "5",
+                        "--gap-ms", "1", "--timeout", "20"]
+                subprocess.run(warm, capture_output=True, timeout=60, check=False)
+                time.sleep(0.3)
+                self.wait_quiet(service)
+                idle = sum(status_kb(pid, "VmRSS") for pid in service.workers())
+                out: dict[str, Any] = {}
+                with self.accounted(service, out):
+                    out.update(self.run_llm(url, "service", row.conc, self.llm_clients, service))
+                out["cpu_chunk_us"] = out["cpu_total_ms"] * 1000 / max(out["chunks_total"], 1)
+                out["rss_idle_kb"] = idle
+                if out["rss_open_kb"]:
+                    out["rss_stream_kb"] = (out["rss_open_kb"] - idle) / row.conc
+                self.results.setdefault((row.key, target), []).append(out)
+                self.log_llm(row.key, target, out)
+            finally:
+                service.stop()
 
     def memory_test(self) -> None:
         a = self.args
@@ -445,9 +652,16 @@ class Bench:
                    "--chunks", str(a.chunks), "--chunk-delay-ms", str(a.chunk_delay_ms), "--procs", str(a.fake_procs)]
             fake = Server(pinned(a.pin_fake, cmd), port, name=f"fake provider ({latency} ms)")
             self.fakes[latency] = fake
+        if self.llm_selected():
+            port = free_port()
+            cmd = [sys.executable, str(BENCH / "fake_provider.py"), "--port", str(port), "--chunks",
+                   str(a.llm_chunks), "--chunk-delay-ms", f"{a.llm_gap_ms:g}", "--procs", str(a.llm_fake_procs)]
+            self.fakes["llm"] = Server(pinned(a.llm_pin, cmd), port, name="fake provider (llm)")
         try:
             for fake in self.fakes.values():
                 fake.wait_ready()
+            if self.llm_selected():
+                self.llm_ceiling()
             for number in range(1, a.rounds + 1):
                 self.round(number)
             if a.mem_requests:
@@ -459,6 +673,14 @@ class Bench:
 
 # ---------------------------------------------------------------------------------------------
 # the table
+
+
+def _pct(values: list[float], q: float) -> float:
+    """bench/client.py's percentile (nearest rank)."""
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
 
 
 def _med(values: list[float]) -> float:
@@ -529,6 +751,10 @@ class Table:
             cells.append(text)
         return cells
 
+    @staticmethod
+    def pair(first: list[str], second: list[str]) -> list[str]:
+        return [a if a == b == "—" else f"{a} / {b}" for a, b in zip(first, second, strict=True)]
+
     def added(self, row: str, key: str, digits: int = 3) -> list[str]:
         """Service minus DIRECT, per round (the same round's DIRECT)."""
         direct = self.vals(row, "D", key)
@@ -587,11 +813,12 @@ class Table:
         if fake_cpu:
             self.add("fake provider CPU per request, c32 (µs)", None,
                      [_fmt([v * 1000 for v in fake_cpu], 1)] + ["—"] * (len(self.targets) - 1))
-        # RSS
+        # RSS (of the instances that served the rows above; the llm rows' have their own row)
         cells = ["—"] + [_fmt([kb / 1024 for kb in self.b.hwm.get(t, [])], 1) for t in self.targets[1:]]
         peaks = {t: max(self.b.hwm[t]) / 1024 <= 60 for t in self.targets[1:] if self.b.hwm.get(t)}
-        self.add(f"peak RSS per worker, VmHWM (MB; median, min{DASH}max over instances)", None, cells, "≤ 60 MB",
-                 _verdicts(peaks))
+        if peaks:
+            self.add(f"peak RSS per worker, VmHWM (MB; median, min{DASH}max over instances)", None, cells,
+                     "≤ 60 MB", _verdicts(peaks))
         # streams
         for row, conc in (("s1", 1), ("s16", 16)):
             target = verdict = ""
@@ -616,6 +843,29 @@ class Table:
                 self.add("streams c16: service CPU per stream / per chunk (µs)", row, ["—"] + [
                     _fmt([v * 1000 for v in self.vals(row, t, "cpu_ms")], 0) + " / "
                     + _fmt([v * 1000 / chunks for v in self.vals(row, t, "cpu_ms")], 0) for t in self.targets[1:]])
+        # LLM-like streams (issue 13)
+        for row in self.b.llm_selected():
+            key, n = row.key, row.conc
+            if not any((key, t) in self.b.results for t in self.targets):
+                continue
+            self.add(f"llm{n}: streams/s", key, self.per_target(key, "rate", 2, ratio=True))
+            self.add(f"llm{n}: TTFB p50 / p99 (ms)", key, self.pair(self.per_target(key, "ttfb_p50_ms", 2),
+                                                                     self.per_target(key, "ttfb_p99_ms", 2)))
+            self.add(f"llm{n}: **added** TTFB p50 / p99 (ms)", key,
+                     self.pair(self.added(key, "ttfb_p50_ms", 2), self.added(key, "ttfb_p99_ms", 2)))
+            self.add(f"llm{n}: chunk gap p50 / p99 (ms)", key, self.pair(self.per_target(key, "gap_p50_ms", 1),
+                                                                          self.per_target(key, "gap_p99_ms", 1)))
+            self.add(f"llm{n}: **added** inter-chunk delay p50 / p99 (ms)", key,
+                     self.pair(self.added(key, "gap_p50_ms", 2), self.added(key, "gap_p99_ms", 2)))
+            self.add(f"llm{n}: service CPU per relayed chunk (µs)", key,
+                     ["—"] + [_fmt(self.vals(key, t, "cpu_chunk_us"), 0) for t in self.targets[1:]])
+            cells = ["—"]
+            for t in self.targets[1:]:
+                per = self.vals(key, t, "rss_stream_kb")
+                idle, open_ = self.vals(key, t, "rss_idle_kb"), self.vals(key, t, "rss_open_kb")
+                cells.append(_fmt(per, 1) + (f" ({_med(idle) / 1024:.1f} → {_med(open_) / 1024:.1f} MB)"
+                                             if per else ""))
+            self.add(f"llm{n}: RSS per open stream (kB; workers' RSS, idle → {n} open)", key, cells)
         # memory
         m = self.b.memory
         if m:
@@ -631,7 +881,7 @@ class Table:
         return "\n".join(self.lines)
 
 
-def header(args: argparse.Namespace) -> str:
+def header(args: argparse.Namespace, llm: bool = False) -> str:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())
     env = (" with " + " ".join(f"{k}={v}" for k, v in args.server_env.items())) if args.server_env else ""
@@ -649,8 +899,55 @@ def header(args: argparse.Namespace) -> str:
         "streams from bench/client.py",
         f"- streams: {args.chunks} chunks {args.chunk_delay_ms:g} ms apart; errors = non-2xx + socket errors "
         "(+ wrong stream text), summed over rounds, per column",
+        *([llm_header(args)] if llm else []),
         "",
     ])
+
+
+def llm_header(args: argparse.Namespace) -> str:
+    pin = f"CPU {args.llm_pin}" if args.llm_pin else "no CPU"
+    in_flight = f"CSS_MAX_IN_FLIGHT={args.llm_in_flight}" if args.llm_in_flight else "CSS_MAX_IN_FLIGHT=max(N, 512)"
+    return (f"- llm rows: N streams open at once, each of {args.llm_chunks} chunks {args.llm_gap_ms:g} ms apart "
+            f"(asked per request), N connections streaming back to back for {args.llm_duration:g} s, started "
+            f"evenly over {args.llm_ramp:g} s; bench/client.py in several processes (samples merged) and a fake "
+            f"provider of {args.llm_fake_procs} processes, pinned to {pin}; a fresh service per row and worker "
+            f"count, with {in_flight}; CPU per relayed chunk = the service's CPU over the row / chunks received; "
+            "RSS per open stream = (the workers' summed VmRSS, highest while all N were open, minus before the "
+            "row, after a warm-up) / N; added = service minus DIRECT of the same round")
+
+
+def llm_ceiling_lines(bench: Bench) -> list[str]:
+    """The DIRECT ceiling of the llm rows: the probes first, then DIRECT of each llm row."""
+    if not bench.ceiling:
+        return []
+    a = bench.args
+    lines = []
+    for out in bench.ceiling:
+        lines.append(
+            f"LLM streams, DIRECT ceiling (measured alone first), N = {out['n']:,}, {out['clients']} client "
+            f"process(es), fake provider {a.llm_fake_procs} process(es): {out['rate']:,.1f} streams/s = "
+            f"{out['rate'] / out['ideal_rate'] * 100:.0f}% of the ideal {out['ideal_rate']:,.1f} "
+            f"({out['chunks_per_s']:,.0f} chunks/s), chunk gap p50 / p99 {out['gap_p50_ms']:.1f} / "
+            f"{out['gap_p99_ms']:.1f} ms, {out['errors']} errors: "
+            + ("keeps up." if out["keeps_up"] else "does NOT keep up (the load generator or the fake provider "
+               "is the limit)."))
+    for row in bench.llm_selected():
+        runs = bench.results.get((row.key, "D"), [])
+        if runs:
+            shares = [r["rate"] / r["ideal_rate"] * 100 for r in runs]
+            kept = sum(r["keeps_up"] for r in runs)
+            lines.append(f"DIRECT {row.key} ({bench.llm_clients} client process(es)): "
+                         f"{_fmt([r['rate'] for r in runs], 1)} streams/s = {_fmt(shares, 0)}% of the ideal; "
+                         f"kept up in {kept} of {len(runs)} round(s).")
+    return lines
+
+
+def _raise_open_files(needed: int) -> None:
+    """The llm rows hold thousands of sockets open: raise this process's (and so its children's) limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -669,7 +966,26 @@ def main(argv: list[str] | None = None) -> None:
                    help="extra environment for the service (repeatable)")
     p.add_argument("--mem-requests", type=int, default=100_000, help="requests for the memory row (0: skip)")
     p.add_argument("--mem-conc", type=int, default=8, help="concurrency of the memory row (default 8)")
-    p.add_argument("--only", default="", help="comma-separated row keys: " + ",".join(r.key for r in ROWS))
+    p.add_argument("--only", default="", help="comma-separated row keys: " + ",".join(r.key for r in ROWS)
+                   + ", and llm<N> for each N of --llm-n (default: llm100,llm400,llm1000)")
+    p.add_argument("--no-llm", action="store_true", help="leave the llm rows out of the full run")
+    p.add_argument("--llm-n", default=LLM_N, help="stream counts of the llm rows (default %(default)s)")
+    p.add_argument("--llm-chunks", type=int, default=100, help="chunks per llm stream (default 100)")
+    p.add_argument("--llm-gap-ms", type=float, default=20.0, help="gap between them (default 20 ms)")
+    p.add_argument("--llm-duration", type=float, default=6.0,
+                   help="seconds each llm connection starts streams for (default 6; --quick: 4)")
+    p.add_argument("--llm-ramp", type=float, default=None,
+                   help="seconds over which the N connections start (default: one stream's length)")
+    p.add_argument("--llm-clients", default="auto",
+                   help="client processes for the llm rows ('auto': the fewest with which DIRECT keeps up)")
+    p.add_argument("--llm-max-clients", type=int, default=max(2, os.cpu_count() or 2),
+                   help="most client processes 'auto' tries (default: the CPU count, at least 2)")
+    p.add_argument("--llm-fake-procs", type=int, default=2, help="fake provider processes for the llm rows")
+    p.add_argument("--llm-pin", default="", help="CPUs for the llm rows' clients and fake provider ('' for none, "
+                   "the default: at N = 1,000 one core cannot make and read 50,000 chunks/s)")
+    p.add_argument("--llm-in-flight", type=int, default=0,
+                   help="CSS_MAX_IN_FLIGHT for the llm rows' service (default 0: max(N, 512))")
+    p.add_argument("--llm-timeout", type=float, default=60.0, help="seconds one llm stream may take (default 60)")
     p.add_argument("--chunks", type=int, default=64)
     p.add_argument("--chunk-delay-ms", type=float, default=5.0)
     p.add_argument("--stream-min-duration", type=float, default=4.0)
@@ -690,6 +1006,7 @@ def main(argv: list[str] | None = None) -> None:
         args.duration, args.warmup = min(args.duration, 2.0), min(args.warmup, 1.0)
         args.stream_min_duration = min(args.stream_min_duration, 2.0)
         args.mem_requests = min(args.mem_requests, 20_000)
+        args.llm_duration = min(args.llm_duration, 4.0)
     args.server, args.server_env = server_command(args.server)
     for item in args.env:
         key, sep, value = item.partition("=")
@@ -698,6 +1015,18 @@ def main(argv: list[str] | None = None) -> None:
         args.server_env[key] = value
     args.workers = [int(w) for w in args.workers.split(",") if w]
     args.only = {k for k in args.only.split(",") if k}
+    args.llm_rows = llm_rows(args.llm_n)
+    if unknown := args.only - {r.key for r in (*ROWS, *args.llm_rows)}:
+        p.error(f"unknown row keys: {', '.join(sorted(unknown))} (llm<N> rows come from --llm-n)")
+    if args.llm_ramp is None:
+        args.llm_ramp = args.llm_chunks * args.llm_gap_ms / 1000
+    if args.llm_chunks < 1 or args.llm_gap_ms < 0:
+        p.error("--llm-chunks must be at least 1 and --llm-gap-ms at least 0")
+    if args.llm_clients != "auto" and not args.llm_clients.isdigit():
+        p.error("--llm-clients takes 'auto' or a number")
+    if not 0 < args.llm_duration <= 600 or not 0 <= args.llm_ramp <= 600 or not 0 < args.llm_timeout <= 600:
+        p.error("--llm-duration, --llm-ramp and --llm-timeout are bounded (10 min)")
+    _raise_open_files(4 * max([r.conc for r in args.llm_rows] or [0]) + 1024)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     for tool in ("wrk", "taskset"):
@@ -708,7 +1037,7 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     bench = Bench(args, log=lambda s: print(s, file=sys.stderr, flush=True))
     bench.run()
-    print(header(args))
+    print(header(args, bool(bench.llm_selected())))
     print(Table(bench).build())
     noisy = sorted({k for (k, _), rs in bench.results.items() for r in rs if r["foreign_cores"] > args.noisy_cores})
     print()
@@ -717,15 +1046,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Fake provider ceiling in this run (DIRECT, provider 0 ms): "
               f"{_fmt([r['rate'] for r in bench.results.get(('c32_0', 'D'), [])], 0)} req/s at c32, "
               f"{_fmt([r['rate'] for r in bench.results.get(('c256_0', 'D'), [])], 0)} req/s at c256.")
+    for line in llm_ceiling_lines(bench):
+        print(line)
     if noisy:
         print(f"(noisy) rows: other processes used more than {args.noisy_cores} cores during {', '.join(noisy)}.")
     print(f"Run time: {time.monotonic() - started:.0f} s.")
     if args.json:
         args.json.write_text(json.dumps({
-            "args": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
+            "args": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path)
+                         else [r.key for r in v] if k == "llm_rows" else v)
                      for k, v in vars(args).items()},
             "results": {f"{k}|{t}": v for (k, t), v in bench.results.items()},
-            "hwm_kb": bench.hwm, "memory": bench.memory,
+            "hwm_kb": bench.hwm, "memory": bench.memory, "llm_ceiling": bench.ceiling,
         }, indent=1))
 
 
