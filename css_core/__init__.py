@@ -12,9 +12,20 @@ from css_core import openai_format
 from css_core.config import Settings
 from css_core.errors import ConfigError, InvalidJob, ProviderBadResponse, ProviderHTTPError, ProviderUnreachable
 from css_core.hookspecs import hookimpl
-from css_core.types import CSSRequest, Message, PreparedCall, ProviderCall, ProviderSpec, Result
+from css_core.types import (
+    JOB_FIELDS,
+    RETRYABLE_STATUSES,
+    CSSRequest,
+    Message,
+    PreparedCall,
+    ProviderCall,
+    ProviderSpec,
+    Result,
+)
 
 __all__ = (
+    "JOB_FIELDS",
+    "RETRYABLE_STATUSES",
     "CSSRequest",
     "ConfigError",
     "InvalidJob",

@@ -7,8 +7,11 @@ sends through the transport rather than `AsyncClient.send`, the cheapest public 
 (bench/RESULTS.md); plugins that make calls of their own get an `httpx.AsyncClient` over the
 same transport.
 
-The pool trusts `SSL_CERT_FILE` when set (else httpx's bundled authorities), and follows
-`HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` from the process environment.
+The pool trusts `SSL_CERT_FILE` when set (else httpx's bundled authorities). Calls to a
+provider whose base URL `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` (process environment) send
+through a proxy go through a transport of their own over the same pool. That is decided once
+per base URL at start-up: aiohttp's own `trust_env` would read those variables and
+`~/.netrc` again in a thread for every request (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from __future__ import annotations
 import email.utils
 import ssl
 import time
-from collections.abc import AsyncIterator
+import urllib.request
+from collections.abc import AsyncIterator, Iterable
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -24,7 +29,17 @@ from css_core.config import Settings
 from css_core.errors import ConfigError, ProviderBadResponse, ProviderUnreachable
 from css_core.types import PreparedCall
 
-__all__ = ("ProviderHTTP", "chunks", "read", "retry_after_seconds", "send", "sse_data", "ssl_context", "unreachable")
+__all__ = (
+    "ProviderHTTP",
+    "chunks",
+    "proxy_for",
+    "read",
+    "retry_after_seconds",
+    "send",
+    "sse_data",
+    "ssl_context",
+    "unreachable",
+)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -91,14 +106,27 @@ async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield payload
 
 
-class ProviderHTTP:
-    """One worker's connection pool, as an httpx transport and an httpx client over it."""
+def proxy_for(url: str) -> str | None:
+    """The proxy the process environment names for `url`, `None` when it is reached directly."""
+    parts = urlsplit(url)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy is None or urllib.request.proxy_bypass(parts.netloc):
+        return None
+    return proxy
 
-    def __init__(self, settings: Settings) -> None:
+
+class ProviderHTTP:
+    """One worker's connection pool, as httpx transports (direct, and one per proxy) and an
+    httpx client over them."""
+
+    def __init__(self, settings: Settings, base_urls: Iterable[str] = ()) -> None:
         self.timeout = settings.request_timeout
         self._ssl = ssl_context(settings)
+        self._proxies = {url: proxy for url in base_urls if (proxy := proxy_for(url)) is not None}
         self.transport: httpx.AsyncBaseTransport | None = None
         self.client: httpx.AsyncClient | None = None
+        self._transports: dict[str, httpx.AsyncBaseTransport] = {}
 
     async def __aenter__(self) -> ProviderHTTP:
         import aiohttp
@@ -106,20 +134,35 @@ class ProviderHTTP:
 
         # No connection limit here: the in-flight cap bounds calls per provider. No total
         # timeout: the job deadline bounds a call, and each read has `timeout`. aiohttp never
-        # retries a request, so tenacity stays the only retry loop; `trust_env` reads the
-        # proxy variables.
+        # retries a request, so tenacity stays the only retry loop.
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl),
             timeout=aiohttp.ClientTimeout(total=None),
-            trust_env=True,
+            trust_env=False,
         )
         self.transport = AiohttpTransport(client=session)
-        self.client = httpx.AsyncClient(transport=self.transport, timeout=self.timeout, trust_env=False)
+        by_proxy = {proxy: AiohttpTransport(client=session, proxy=httpx.Proxy(proxy))
+                    for proxy in set(self._proxies.values())}
+        self._transports = {url: by_proxy[proxy] for url, proxy in self._proxies.items()}
+        mounts = {_origin(url): transport for url, transport in self._transports.items()}
+        self.client = httpx.AsyncClient(transport=self.transport, mounts=mounts, timeout=self.timeout,
+                                        trust_env=False)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self.client is not None:
-            await self.client.aclose()  # closes the transport, and with it the pool
+            await self.client.aclose()  # closes the transports, and with them the pool
+
+    def transport_for(self, base_url: str) -> httpx.AsyncBaseTransport:
+        """The transport for calls below `base_url`: through its proxy, if it has one."""
+        transport = self._transports.get(base_url, self.transport)
+        assert transport is not None, "ProviderHTTP is used outside `async with`"
+        return transport
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 async def send(transport: httpx.AsyncBaseTransport, call: PreparedCall) -> httpx.Response:

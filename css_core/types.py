@@ -11,6 +11,8 @@ from typing import Any
 import msgspec
 
 __all__ = (
+    "JOB_FIELDS",
+    "RETRYABLE_STATUSES",
     "CSSRequest",
     "Message",
     "PreparedCall",
@@ -21,6 +23,9 @@ __all__ = (
 
 #: What a job produces: a completion's text, or an embedding.
 Result = str | list[float]
+
+#: The statuses retried unless a provider says otherwise: timeouts, conflicts, rate limits, 5xx.
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 #: Body fields built from the job itself, which a job's `extra_args` may not replace.
 JOB_FIELDS = frozenset({"model", "messages", "input", "prompt", "stream", "stream_options"})
@@ -75,7 +80,7 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     endpoints: tuple[str, ...] = ("completions",)
     models: tuple[str, ...] = ()
     base_url_env: str | None = None
-    retryable_statuses: frozenset[int] = frozenset({408, 409, 429, 500, 502, 503, 504})
+    retryable_statuses: frozenset[int] = RETRYABLE_STATUSES
     auth_header: str = "authorization"
     auth_scheme: str | None = "Bearer"
     headers: dict[str, str] = {}

@@ -18,7 +18,15 @@ from eth_abi.exceptions import DecodingError, EncodingError
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from css_core.codec import OnchainRequest, decode_hex, decode_request, decode_result, encode_request, encode_result
+from css_core.codec import (
+    OnchainRequest,
+    decode_callback_output,
+    decode_hex,
+    decode_request,
+    decode_result,
+    encode_request,
+    encode_result,
+)
 from css_core.errors import InvalidJob
 from css_core.types import Message
 
@@ -466,3 +474,11 @@ def test_lone_surrogates_cannot_be_encoded_by_either(encoder: Callable[[str], by
     """UTF-8 cannot carry them: a UnicodeEncodeError from both codecs."""
     with pytest.raises(UnicodeEncodeError):
         encoder("\ud800")
+
+
+def test_a_contract_reads_the_completion_from_the_nodes_output_in_two_steps() -> None:
+    """The node delivers `output = abi.encode(bytes raw_output, bytes processed_output)`."""
+    output = encode(["bytes", "bytes"], [encode_result("héllo"), b""])
+    assert decode_callback_output(output) == "héllo"
+    # a single `abi.decode(output, (string))` reads the inner encoding's padding, not the text
+    assert decode(["string"], output)[0] != "héllo"

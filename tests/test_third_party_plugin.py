@@ -28,6 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from css_core.testing import ProviderDouble
 from tests.conftest import (
     KEY,
     OFFCHAIN,
@@ -42,7 +43,6 @@ from tests.conftest import (
     post_job,
     run_command,
 )
-from tests.provider_double import ProviderDouble
 from tests.test_contract import completion_of, supported
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,6 +192,21 @@ def side_plugins(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., dict
     return install
 
 
+@pytest.fixture(scope="module")
+def acme_api() -> Iterator[ProviderDouble]:
+    """ACME's API as the guide describes it: OpenAI's chat completions, its own key header."""
+    with ProviderDouble(KEY, auth_header="x-acme-key", auth_scheme=None,
+                        required_headers={"acme-version": "2025-01-01"}) as provider:
+        yield provider
+
+
+@pytest.fixture
+def double(acme_api: ProviderDouble) -> Iterator[ProviderDouble]:
+    acme_api.reset()
+    yield acme_api
+    acme_api.reset()
+
+
 def acme_env(double: ProviderDouble) -> dict[str, str]:
     return {"ACMEAI_API_KEY": KEY, "ACMEAI_BASE_URL": f"{double.url}/v1"}
 
@@ -231,7 +246,8 @@ def test_it_serves_jobs(
     response = post_job(http, service.url, job(data, source=source, destination=destination))
     assert completion_of(response, destination, raw_input) == double.expected_reply("acme-small", "Héllo")
     (request,) = double.requests
-    assert (request.path, request.headers["authorization"]) == ("/v1/chat/completions", f"Bearer {KEY}")
+    assert (request.path, request.headers["x-acme-key"]) == ("/v1/chat/completions", KEY)
+    assert request.headers["acme-version"] == "2025-01-01" and "authorization" not in request.headers
     assert request.json["messages"] == [{"role": "user", "content": "Héllo"}]
 
 
@@ -247,7 +263,6 @@ def test_service_resources_list_its_models(
 
 def test_the_guides_own_tests_pass(acme: Installed) -> None:
     tests = acme.source / "tests"
-    shutil.copy(ROOT / "tests" / "provider_double.py", tests / "provider_double.py")
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
         cwd=acme.source, capture_output=True, text=True, timeout=120, check=False,
