@@ -1,27 +1,34 @@
 """The test matrix: `nox` runs tests (3.11-3.13), lint, types and compat.
 
 Every `plugins/*/` directory with a `pyproject.toml` is installed next to the core, so a
-new plugin joins the matrix by existing. `scripts/test` installs nox and uv and runs this.
+new plugin joins the matrix by existing (once `uv lock` has added it to uv.lock).
+`scripts/test` installs nox and uv and runs this.
+
+Every session but `latest` installs the exact versions of uv.lock: `uv export --locked`
+writes them to a constraints file that each install uses, and fails, naming `uv lock`, when
+the lock no longer matches the pyproject.toml files, so CI never resolves new versions by
+itself. `latest` ignores the lock and takes the newest release of everything.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 ROOT = Path(__file__).resolve().parent
 PYTHONS = ["3.11", "3.12", "3.13"]
 COMPAT_PYTHON = "3.12"
-TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "hypothesis>=6.100", "schemathesis>=4", "eth-abi>=5.0"]
 LINT_PATHS = ["css_core", "plugins", "tests", "bench", "noxfile.py"]
-# Linters gain rules with each release: their versions move only when someone bumps them here.
-RUFF = "ruff>=0.17,<0.18"
-MYPY = "mypy>=2.4,<2.5"
+# The test and tool requirements are the [dependency-groups] of pyproject.toml (test, lint,
+# types, compat), locked in uv.lock with everything else.
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["tests", "plugin", "bare", "lint", "types", "compat"]
@@ -87,22 +94,68 @@ def _dist_name(directory: Path) -> str:
     return name
 
 
-def _install(session: nox.Session, directories: list[Path], *extra: str) -> None:
-    """Install these project directories (not editable: the wheels are what ships).
+def _group(name: str) -> list[str]:
+    """The requirements of one [dependency-groups] entry of pyproject.toml (PEP 735)."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        groups: dict[str, list[str | dict[str, str]]] = tomllib.load(f)["dependency-groups"]
+    requirements: list[str] = []
+    for item in groups[name]:
+        requirements += _group(item["include-group"]) if isinstance(item, dict) else [item]
+    return requirements
+
+
+def _uv(session: nox.Session) -> str:
+    """The uv that nox uses (scripts/test installs the pinned one next to nox), else uv on PATH."""
+    try:
+        import uv  # next to nox when scripts/test installed them
+
+        return str(uv.find_uv_bin())
+    except (ImportError, FileNotFoundError):
+        pass
+    if found := shutil.which("uv"):
+        return found
+    session.error("uv is needed to read uv.lock: run scripts/test, or install uv (pip install uv)")
+
+
+def _locked_constraints(session: nox.Session, groups: Sequence[str]) -> Path:
+    """A constraints file with the exact version in uv.lock of every package the core, any
+    plugin and these dependency groups may need; `uv export --locked` fails if uv.lock is stale."""
+    path = Path(session.create_tmp()) / "uv-lock-constraints.txt"
+    args = ["--locked", "--no-hashes", "--all-packages", "--no-emit-workspace", "--no-default-groups"]
+    for group in groups:
+        args += ["--group", group]
+    try:
+        session.run_install(_uv(session), "export", "--quiet", *args, "--output-file", str(path), external=True)
+    except CommandFailed:
+        session.error(
+            "uv.lock does not match the pyproject.toml files (a dependency or a plugins/*/ directory "
+            "was added, removed or changed): run `uv lock`, then commit uv.lock"
+        )
+    return path
+
+
+def _install(
+    session: nox.Session, directories: Sequence[Path], groups: Sequence[str] = (), *extra: str, locked: bool = True
+) -> None:
+    """Install these project directories (not editable: the wheels are what ships) and the
+    requirements of these dependency groups, at uv.lock's versions unless `locked` is false.
 
     uv caches the wheel it builds from a local directory until the directory's
     pyproject.toml changes, so the project's own distributions are rebuilt explicitly.
     """
     args: list[str] = []
+    if locked:
+        args += ["--constraint", str(_locked_constraints(session, groups))]
     if session.venv_backend == "uv":
         for directory in directories:
             args += ["--reinstall-package", _dist_name(directory)]
-    session.install(*args, *(str(d) for d in directories), *extra)
+    requirements = [requirement for group in groups for requirement in _group(group)]
+    session.install(*args, *(str(d) for d in directories), *requirements, *extra)
 
 
-def _install_project(session: nox.Session, *extra: str) -> None:
+def _install_project(session: nox.Session, groups: Sequence[str] = (), *extra: str, locked: bool = True) -> None:
     """The core and every plugin."""
-    _install(session, _project_dirs(), *extra)
+    _install(session, _project_dirs(), groups, *extra, locked=locked)
 
 
 def _entry_point_modules(directory: Path) -> list[str]:
@@ -117,45 +170,50 @@ PLUGIN_TESTS = {
     "openai": ["tests/test_contract.py"],
     "perplexity": ["tests/test_providers.py", "-k", "PERPLEXITYAI"],
     "goose": ["tests/test_providers.py", "-k", "GOOSEAI"],
+    "anthropic": ["tests/test_anthropic.py"],
+    "gemini": ["tests/test_gemini.py"],
 }
 
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The whole project's tests (core and plugins), without the compat suite."""
-    _install_project(session, *TEST_DEPS)
+    _install_project(session, ["test"])
     session.run("pytest", "tests", "--ignore=tests/compat", *session.posargs)
 
 
 @nox.session(python=PYTHONS[0])
 def lint(session: nox.Session) -> None:
     """ruff check (configured in pyproject.toml); nothing is rewritten."""
-    session.install(RUFF)
+    _install(session, [], ["lint"])
     session.run("ruff", "check", *LINT_PATHS, *session.posargs)
 
 
 @nox.session(python=PYTHONS[0])
 def types(session: nox.Session) -> None:
     """mypy --strict on css_core, with the project installed so third-party types resolve."""
-    _install_project(session, MYPY)
+    _install_project(session, ["types"])
     session.run("mypy", "--strict", "-p", "css_core", *session.posargs)
 
 
 @nox.session(python=COMPAT_PYTHON)
 def compat(session: nox.Session) -> None:
-    """Byte compatibility with infernet-ml from PyPI (its normal install, dependencies and all)."""
-    _install_project(session, "infernet-ml", *TEST_DEPS)
+    """Byte compatibility with infernet-ml from PyPI (its dependencies and all, at uv.lock's versions).
+
+    The `compat` group is installed alone: uv.lock resolves it apart from `test` (pyproject.toml).
+    """
+    _install_project(session, ["compat"])
     session.run("pytest", "tests/compat", *session.posargs)
 
 
 @nox.session(python=PYTHONS[0])
-@nox.parametrize("name", [d.name for d in _plugin_dirs()])
+@nox.parametrize("name", [d.name for d in _plugin_dirs()], ids=[d.name for d in _plugin_dirs()])  # plugin(goose)
 def plugin(session: nox.Session, name: str) -> None:
     """The core with this one plugin installed alone passes that plugin's tests."""
     if name not in PLUGIN_TESTS:
         session.error(f"plugins/{name} has no tests: add them to PLUGIN_TESTS in noxfile.py")
     directory = ROOT / "plugins" / name
-    _install(session, [ROOT, directory], *TEST_DEPS)
+    _install(session, [ROOT, directory], ["test"])
     # the installed plugin's tests must run: they fail, rather than skip, if it is missing
     env = {"CSS_TEST_REQUIRE_PLUGINS": ",".join(_entry_point_modules(directory))}
     session.run("pytest", *PLUGIN_TESTS[name], *session.posargs, env=env)
@@ -164,13 +222,13 @@ def plugin(session: nox.Session, name: str) -> None:
 @nox.session(python=PYTHONS[0])
 def bare(session: nox.Session) -> None:
     """The core with no plugin starts, and answers every job with an error naming the provider."""
-    _install(session, [ROOT], *TEST_DEPS)
+    _install(session, [ROOT], ["test"])
     session.run("pytest", "tests/test_no_plugins.py", *session.posargs, env={"CSS_TEST_BARE": "1"})
 
 
 @nox.session(python=PYTHONS[0], default=False)
 def bench(session: nox.Session) -> None:
-    """Issue 5's benchmark (bench/run.py, ~8-10 min on 2 cores): DIRECT vs the service, one table.
+    """The benchmark (bench/run.py; bench/README.md says how long it runs): DIRECT vs the service, one table.
 
     Needs wrk and taskset on PATH (Debian: apt-get install -y wrk util-linux); arguments after
     `--` go to run.py, e.g. `nox -s bench -- --quick`. Not run by a bare `nox`.
@@ -178,8 +236,54 @@ def bench(session: nox.Session) -> None:
     for tool, package in (("wrk", "wrk"), ("taskset", "util-linux")):
         if shutil.which(tool) is None:
             session.error(f"bench needs {tool} on PATH (Debian: apt-get install -y {package})")
-    # bytecode compiled at install, as pip does: compiling ~700 modules in each worker at
-    # start-up would leave ~6 MB more in it
+    # bytecode compiled at install, as pip does: each worker compiling its modules at start-up
+    # would keep more memory (bench/RESULTS.md)
     compile_bytecode = ["--compile-bytecode"] if session.venv_backend == "uv" else []
-    _install(session, [ROOT, ROOT / "plugins" / "openai"], *compile_bytecode)
+    _install(session, [ROOT, ROOT / "plugins" / "openai"], [], *compile_bytecode)
     session.run("python", "bench/run.py", *session.posargs)
+
+
+_INSTALLED = "import json, importlib.metadata as m; print(json.dumps({d.name: d.version for d in m.distributions()}))"
+
+
+def _canonical(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def _log_versions_not_locked(session: nox.Session) -> None:
+    """Log each installed distribution whose version is not uv.lock's (what `latest` moved)."""
+    lock = Path(session.create_tmp()) / "uv-lock.txt"
+    export = ["--frozen", "--no-hashes", "--all-packages", "--no-emit-workspace", "--no-default-groups"]
+    session.run_install(
+        _uv(session), "export", "--quiet", *export, "--group", "test", "--output-file", str(lock), external=True
+    )
+    if not lock.is_file():  # nothing was installed (--no-install)
+        return
+    locked = {
+        _canonical(name): version.split(";")[0].strip()
+        for name, _, version in (line.partition("==") for line in lock.read_text().splitlines())
+        if version and not name.startswith((" ", "#"))
+    }
+    installed: dict[str, str] = json.loads(session.run("python", "-c", _INSTALLED, silent=True) or "{}")
+    moved = [
+        f"{name} {locked[_canonical(name)]} -> {version}"
+        for name, version in sorted(installed.items(), key=lambda item: _canonical(item[0]))
+        if locked.get(_canonical(name), version) != version
+    ]
+    session.log("not at uv.lock's version: " + (", ".join(moved) if moved else "none"))
+
+
+@nox.session(python=PYTHONS[-1], default=False)
+def latest(session: nox.Session) -> None:
+    """The tests against the newest release of every dependency, ignoring uv.lock.
+
+    Not part of CI (a new release must not turn a build red by itself): run it to learn
+    whether `uv lock --upgrade` is safe, or which release broke us. The versions that differ
+    from uv.lock are listed before the tests run.
+    """
+    upgrade = ["--upgrade"]
+    if session.venv_backend == "uv":
+        upgrade += ["--resolution", "highest", "--refresh"]
+    _install_project(session, ["test"], *upgrade, locked=False)
+    _log_versions_not_locked(session)
+    session.run("pytest", "tests", "--ignore=tests/compat", *session.posargs)

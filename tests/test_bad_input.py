@@ -1,6 +1,6 @@
 """Bad input, through the real service over a socket: each is a 4xx JSON error that says what is wrong.
 
-The battery below reads as a table: (id, body, expected status, a fragment of the description).
+The battery below reads as a table: (id, body, expected status, a fragment of the description, any case).
 A body is sent as given when it is `bytes`, else JSON-encoded. One service (in front of the
 provider double, serving OpenAI and GooseAI) answers the whole module; after each case, and
 after the whole battery sent at once, `GET /` must still answer 200. Then: what a job may
@@ -90,7 +90,7 @@ NESTED = 100_000
 CASES = [
     # -- the envelope ------------------------------------------------------------------------------
     Case("not-json", b"this is not JSON", 400, "JSON is malformed"),
-    Case("form-encoded", b"source=1&destination=1&data=hi", 400, "JSON is malformed",
+    Case("form-encoded", b"source=1&destination=1&data=hi", 415, "application/json",
          "application/x-www-form-urlencoded"),
     Case("empty-body", b"", 400, JOB_FIELDS),
     Case("json-array", [job(chat())], 400, "Expected `object`, got `array`"),
@@ -190,7 +190,10 @@ def send(http: httpx.Client, url: str, case: Case) -> httpx.Response:
 
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.id, marks=requires_plugin(case.plugin)) for case in CASES])
 def test_bad_input_is_a_4xx_that_says_what_is_wrong(url: str, http: httpx.Client, case: Case) -> None:
-    assert_error(send(http, url, case), case.status, case.fragment)
+    description = assert_error(send(http, url, case), case.status)
+    # case-insensitive: some descriptions carry the JSON decoder's words, whose case is not ours
+    # (msgspec 0.23 says "Invalid UTF-8 encoded string")
+    assert case.fragment.lower() in description.lower(), description
     assert http.get(f"{url}/").status_code == 200
 
 
