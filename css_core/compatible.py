@@ -1,0 +1,103 @@
+"""OpenAI-compatible providers by configuration (`CSS_OPENAI_COMPATIBLE`), without a plugin package.
+
+`CSS_OPENAI_COMPATIBLE` is a JSON object of providers by name::
+
+    {"LOCAL": {"base_url": "http://vllm:8000/v1", "onchain_id": 9,
+               "endpoints": ["completions", "embeddings"], "models": ["llama-3-8b"]},
+     "ROUTER": {"base_url": "https://router.example/api/v1", "api_key_env": "ROUTER_KEYS"}}
+
+`base_url` is required; `api_key_env` (the variable holding its key, or several
+comma-separated), `onchain_id` (0-255; without it the provider serves off-chain jobs
+only), `endpoints` (default `["completions"]`) and `models` (its catalogue, default none)
+are optional. A provider without `api_key_env` is called without an `Authorization`
+header (a local server such as vLLM or Ollama). As for a plugin's provider,
+`<NAME>_BASE_URL` replaces `base_url` when set.
+
+`build_registry` registers one `CompatiblePlugin` per entry on the plugin manager, so each
+is served exactly like an installed plugin that speaks OpenAI's wire format.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+import msgspec
+
+from css_core import openai_format
+from css_core.errors import ConfigError
+from css_core.hookspecs import hookimpl
+from css_core.types import CSSRequest, ProviderCall, ProviderSpec, Result
+
+__all__ = ("EXPECTED", "NO_ONCHAIN_ID", "VARIABLE", "CompatiblePlugin", "CompatibleProvider", "parse_compatible")
+
+VARIABLE = "CSS_OPENAI_COMPATIBLE"
+EXPECTED = 'a JSON object {"NAME": {"base_url": "https://...", "api_key_env": "VAR", "onchain_id": N, ...}}'
+#: The on-chain id of a provider configured without one: no on-chain job reaches it.
+NO_ONCHAIN_ID = -1
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+class CompatibleProvider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One entry of `CSS_OPENAI_COMPATIBLE`."""
+
+    base_url: Annotated[str, msgspec.Meta(min_length=1)]
+    api_key_env: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    onchain_id: Annotated[int, msgspec.Meta(ge=0, le=255)] | None = None
+    endpoints: Annotated[tuple[Literal["completions", "embeddings"], ...], msgspec.Meta(min_length=1)] = (
+        "completions",
+    )
+    models: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = ()
+
+
+def parse_compatible(raw: Mapping[str, CompatibleProvider]) -> dict[str, CompatibleProvider]:
+    """The decoded `CSS_OPENAI_COMPATIBLE`, by upper-case name, checked."""
+    providers: dict[str, CompatibleProvider] = {}
+    for name, entry in raw.items():
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"{VARIABLE}: provider name {name!r} must be letters, digits and _ (a letter first)")
+        if not entry.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{VARIABLE}: base_url of {name} must be an http:// or https:// URL, "
+                              f"got {entry.base_url!r}")
+        if name.upper() in providers:
+            raise ConfigError(f"{VARIABLE} names provider {name.upper()!r} twice (names match in any case)")
+        providers[name.upper()] = entry
+    return providers
+
+
+class CompatiblePlugin:
+    """The plugin of one configured provider: OpenAI's wire format at its base URL."""
+
+    def __init__(self, name: str, entry: CompatibleProvider) -> None:
+        self.spec = ProviderSpec(
+            name=name,
+            onchain_id=NO_ONCHAIN_ID if entry.onchain_id is None else entry.onchain_id,
+            # "" (no variable): the provider is served without a key (see `Provider.needs_key`)
+            api_key_env=entry.api_key_env or "",
+            default_base_url=entry.base_url.rstrip("/"),
+            endpoints=entry.endpoints,
+            models=entry.models,
+        )
+
+    @hookimpl
+    def css_provider(self) -> ProviderSpec:
+        return self.spec
+
+    @hookimpl
+    def css_encode_params(self, request: CSSRequest) -> ProviderCall | None:
+        if request.endpoint == "completions":
+            return openai_format.chat_call(request)
+        if request.endpoint == "embeddings":
+            return openai_format.embeddings_call(request)
+        return None
+
+    @hookimpl
+    def css_postprocess(self, request: CSSRequest, body: bytes) -> Result | None:
+        if request.endpoint == "embeddings":
+            return openai_format.embeddings_result(body)
+        return openai_format.chat_result(body)
+
+    @hookimpl
+    def css_parse_stream_event(self, data: bytes) -> str | None:
+        return openai_format.chat_stream_text(data)
