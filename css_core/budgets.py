@@ -1,0 +1,315 @@
+"""Spending budgets (`CSS_BUDGETS`): how many requests and tokens jobs may use per window.
+
+`CSS_BUDGETS` is a JSON object. A key is `"*"` (every job), `"PROVIDER"` (the jobs a
+provider serves) or `"PROVIDER/model"`; its value sets any of `requests_per_minute`,
+`requests_per_hour`, `requests_per_day`, `tokens_per_minute`, `tokens_per_hour`,
+`tokens_per_day`, each a positive whole number, e.g.
+`{"*": {"requests_per_day": 10000}, "OPENAI/gpt-4": {"tokens_per_hour": 200000}}`.
+Provider names match in any case; a model name is taken as written.
+
+Windows are fixed and aligned to UTC (a minute, an hour, a day starts on the UTC clock).
+A job counts one request against each budget that covers it when its first attempt at a
+provider is about to be sent (`Budgets.admit`); a job refused before that counts nothing.
+Its tokens (the provider's usage, input plus output) are added when the answer arrives.
+A job is refused, 429 with `Retry-After`, when a budget covering it has no request left
+or its tokens are already spent (so the job that crosses a token budget still completes).
+
+The counts are kept in a store that every worker and replica shares (`css_core.budget_store`):
+SQLite in `CSS_STATE_DIR` for the workers of one container, Redis at `CSS_REDIS_URL` for
+several replicas. A store that cannot be reached refuses the jobs under a budget (503) and
+serves the others. With no budget configured no store is opened, and a job costs nothing here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple, Protocol
+
+import msgspec
+
+from css_core.errors import ConfigError, CSSError
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from css_core.config import Settings
+
+__all__ = (
+    "EXPECTED",
+    "UNITS",
+    "VARIABLE",
+    "Budget",
+    "Budgets",
+    "Limits",
+    "OverBudget",
+    "Slot",
+    "Store",
+    "StoreUnavailable",
+    "check_providers",
+    "parse_budgets",
+)
+
+logger = logging.getLogger("css_core.budgets")
+VARIABLE = "CSS_BUDGETS"
+EXPECTED = 'a JSON object {"*" or "PROVIDER" or "PROVIDER/model": {"requests_per_hour": N, ...}}'
+
+#: each unit: what it counts, and its window in seconds
+UNITS: dict[str, tuple[Literal["requests", "tokens"], int]] = {
+    "requests_per_minute": ("requests", 60),
+    "requests_per_hour": ("requests", 3600),
+    "requests_per_day": ("requests", 86400),
+    "tokens_per_minute": ("tokens", 60),
+    "tokens_per_hour": ("tokens", 3600),
+    "tokens_per_day": ("tokens", 86400),
+}
+_Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One budget's limits as `CSS_BUDGETS` writes them."""
+
+    requests_per_minute: _Positive | None = None
+    requests_per_hour: _Positive | None = None
+    requests_per_day: _Positive | None = None
+    tokens_per_minute: _Positive | None = None
+    tokens_per_hour: _Positive | None = None
+    tokens_per_day: _Positive | None = None
+
+
+class Budget(msgspec.Struct, frozen=True):
+    """One limit of one budget: `key` as written in `CSS_BUDGETS`, and one of its units."""
+
+    key: str
+    provider: str | None  # upper case; None for "*"
+    model: str | None  # None for "*" and "PROVIDER"
+    unit: str
+    limit: int
+
+    @property
+    def requests(self) -> bool:
+        """Whether it counts requests (else tokens)."""
+        return UNITS[self.unit][0] == "requests"
+
+    @property
+    def seconds(self) -> int:
+        return UNITS[self.unit][1]
+
+    def slot(self, now: float) -> Slot:
+        """The budget in the window `now` (epoch seconds) falls in."""
+        seconds = self.seconds
+        return Slot(self, int(now // seconds) * seconds)
+
+
+class Slot(NamedTuple):
+    """One budget in one window, which starts at `window` (epoch seconds, UTC-aligned)."""
+
+    budget: Budget
+    window: int
+
+    @property
+    def ends(self) -> int:
+        return self.window + self.budget.seconds
+
+
+def parse_budgets(raw: Mapping[str, Limits]) -> tuple[Budget, ...]:
+    """The decoded `CSS_BUDGETS`, one `Budget` per limit it sets."""
+    budgets: list[Budget] = []
+    seen: set[str] = set()
+    for key, limits in raw.items():
+        provider: str | None = None
+        model: str | None = None
+        if key != "*":
+            name, slash, rest = key.partition("/")
+            if not name.strip() or name != name.strip() or any(c.isspace() for c in name) or (slash and not rest):
+                raise ConfigError(f'{VARIABLE}: key {key!r} must be "*", "PROVIDER" or "PROVIDER/model"')
+            provider, model = name.upper(), (rest if slash else None)
+        canonical = "*" if provider is None else provider + (f"/{model}" if model is not None else "")
+        if canonical in seen:
+            raise ConfigError(f"{VARIABLE} names {key!r} twice (provider names match in any case)")
+        seen.add(canonical)
+        set_limits = [(unit, getattr(limits, unit)) for unit in UNITS if getattr(limits, unit) is not None]
+        if not set_limits:
+            raise ConfigError(f"{VARIABLE}: {key!r} sets no limit (expected any of {', '.join(UNITS)})")
+        budgets.extend(Budget(key, provider, model, unit, limit) for unit, limit in set_limits)
+    return tuple(budgets)
+
+
+def check_providers(budgets: Iterable[Budget], installed: Collection[str]) -> None:
+    """Refuse a budget naming a provider that is not installed (`installed`: upper case): a
+    misspelt name would leave the spending it was meant to cap without a cap."""
+    for budget in budgets:
+        if budget.provider is not None and budget.provider not in installed:
+            names = ", ".join(sorted(installed)) or "none"
+            raise ConfigError(f"{VARIABLE}: {budget.key!r} names provider {budget.provider}, which is not installed "
+                              f"(installed: {names})")
+
+
+# -- errors ---------------------------------------------------------------------------------------------------
+
+
+class OverBudget(CSSError):
+    """429: a budget covering the job is spent for this window; `Retry-After` is when it ends."""
+
+    status = 429
+
+    def __init__(self, spent: Sequence[Slot], now: float) -> None:
+        parts = [
+            f"budget {slot.budget.key!r} allows {slot.budget.limit} {slot.budget.unit.replace('_', ' ')} and "
+            f"this window's are spent; it ends in {math.ceil(slot.ends - now)} s"
+            for slot in spent
+        ]
+        super().__init__("over budget (CSS_BUDGETS): " + "; ".join(parts))
+        self.headers = {"Retry-After": str(max(1, max(math.ceil(slot.ends - now) for slot in spent)))}
+
+
+class StoreUnavailable(CSSError):
+    """503: the budget store cannot be reached, so a job under a budget cannot be counted."""
+
+    status = 503
+
+    def __init__(self, store: str, reason: str) -> None:
+        super().__init__(f"{store} cannot be reached ({reason}); jobs under a budget (CSS_BUDGETS) are refused "
+                         "until it answers")
+        self.headers = {"Retry-After": "5"}
+
+
+# -- the store ------------------------------------------------------------------------------------------------
+
+
+class Store(Protocol):
+    """Where the counts are kept, shared by every worker (and replica) that uses it.
+
+    Each method raises `StoreUnavailable` when the store cannot be reached.
+    """
+
+    description: str  # e.g. "the budget store (SQLite at /path)", for messages: never a password
+
+    async def admit(self, requests: Sequence[Slot], tokens: Sequence[Slot]) -> list[Slot]:
+        """In one atomic step: the slots already spent; when none is, count one request in each of `requests`."""
+        ...
+
+    async def add(self, slots: Sequence[Slot], amount: int) -> None:
+        """Add `amount` to each slot's count."""
+        ...
+
+    async def refund(self, slots: Sequence[Slot]) -> None:
+        """Take back one request counted in each slot."""
+        ...
+
+    async def used(self, slots: Sequence[Slot]) -> list[int]:
+        """Each slot's count."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# -- the budgets of one worker ----------------------------------------------------------------------------------
+
+
+class Budgets:
+    """The configured budgets, which cover which job, and their store."""
+
+    def __init__(self, budgets: Iterable[Budget], store: Store | None) -> None:
+        self.budgets = tuple(budgets)
+        self.store = store if self.budgets else None
+        # by scope, so that finding a job's budgets never keeps anything a job wrote
+        self._everyone = tuple(b for b in self.budgets if b.provider is None)
+        self._provider: dict[str, tuple[Budget, ...]] = {}
+        self._model: dict[tuple[str, str], tuple[Budget, ...]] = {}
+        for budget in self.budgets:
+            if budget.provider is not None and budget.model is None:
+                self._provider[budget.provider] = (*self._provider.get(budget.provider, ()), budget)
+            elif budget.provider is not None and budget.model is not None:
+                scope = (budget.provider, budget.model)
+                self._model[scope] = (*self._model.get(scope, ()), budget)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Budgets:
+        """The budgets of `CSS_BUDGETS`, with the store the settings name (opened on first use)."""
+        from css_core.budget_store import open_store
+
+        budgets: tuple[Budget, ...] = settings.budgets
+        return cls(budgets, open_store(settings) if budgets else None)
+
+    @property
+    def active(self) -> bool:
+        return self.store is not None
+
+    def covering(self, provider: str, model: str) -> tuple[Budget, ...]:
+        """The budgets covering a job for `provider` (any case) and `model`."""
+        name = provider.upper()
+        return self._everyone + self._provider.get(name, ()) + self._model.get((name, model), ())
+
+    async def admit(self, provider: str, model: str, counted: set[tuple[str, str]]) -> list[Slot]:
+        """Check the budgets covering a job for (`provider`, `model`) and count its request.
+
+        Budgets in `counted` (key, unit) already counted this job, at another target: they
+        are not counted twice. Returns the slots counted now (and adds them to `counted`);
+        raises `OverBudget` (nothing counted) or `StoreUnavailable`.
+        """
+        store = self.store
+        if store is None:
+            return []
+        covering = self.covering(provider, model)
+        if not covering:
+            return []
+        now = time.time()
+        requests = [b.slot(now) for b in covering if b.requests and (b.key, b.unit) not in counted]
+        tokens = [b.slot(now) for b in covering if not b.requests]
+        if not requests and not tokens:
+            return []
+        spent = await store.admit(requests, tokens)
+        if spent:
+            raise OverBudget(spent, now)
+        counted.update((slot.budget.key, slot.budget.unit) for slot in requests)
+        return requests
+
+    async def add_tokens(self, provider: str, model: str, tokens: int) -> None:
+        """Add a job's tokens to the budgets covering it; a store that fails is logged, not raised
+        (the job has its answer)."""
+        store = self.store
+        if store is None or tokens <= 0:
+            return
+        now = time.time()
+        slots = [b.slot(now) for b in self.covering(provider, model) if not b.requests]
+        if not slots:
+            return
+        try:
+            await store.add(slots, tokens)
+        except StoreUnavailable as exc:
+            logger.warning("%d tokens of a %s job were not counted: %s", tokens, provider, exc.message)
+
+    async def refund(self, slots: Sequence[Slot]) -> None:
+        """Take back the requests a job counted but never sent."""
+        if self.store is None or not slots:
+            return
+        try:
+            await self.store.refund(slots)
+        except StoreUnavailable as exc:
+            logger.warning("a request counted for a job that was never sent stays counted: %s", exc.message)
+
+    async def families(self) -> list[Metric]:
+        """`css_budget_used` (this window's count, when the store answers) and `css_budget_limit`."""
+        from css_core.metrics import gauge_family
+
+        if self.store is None:
+            return []
+        now = time.time()
+        labels = [(budget.key, budget.unit) for budget in self.budgets]
+        families: list[Metric] = [gauge_family("css_budget_limit", "A budget's limit per window (CSS_BUDGETS)",
+                                 ("budget", "unit"), zip(labels, (float(b.limit) for b in self.budgets), strict=True))]
+        try:
+            used = await self.store.used([budget.slot(now) for budget in self.budgets])
+        except StoreUnavailable as exc:
+            logger.warning("css_budget_used is left out of this scrape: %s", exc.message)
+        else:
+            families.insert(0, gauge_family("css_budget_used", "What the jobs used of a budget in its current window",
+                                            ("budget", "unit"), zip(labels, map(float, used), strict=True)))
+        return families
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
