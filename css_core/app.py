@@ -1,11 +1,13 @@
 """The Litestar app of one worker: every route of the container's HTTP contract.
 
 Errors are answered in one place, the exception handlers below: every `CSSError` and every
-Litestar `HTTPException` becomes the `ErrorBody` JSON node users already parse.
+Litestar `HTTPException` becomes the `ErrorBody` JSON node users already parse. Every
+answer carries its request's id in `x-request-id` (`css_core.request_id`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import logging
@@ -19,16 +21,20 @@ from litestar import Litestar, Request, Response, Router, asgi, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException
 from litestar.handlers import BaseRouteHandler
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.types import Receive, Scope, Send
 
-from css_core import __version__
+from css_core import __version__, request_id
+from css_core.budgets import Budgets
 from css_core.config import Settings, load_settings
 from css_core.errors import CSSError, Unauthorized
+from css_core.health import NotReady, Readiness
 from css_core.messages import ErrorBody
+from css_core.metrics import CONTENT_TYPE, Metrics
 from css_core.openapi import JSON, JSON_OBJECT, document_service_output, errors
 from css_core.plugins import Registry, build_registry
 from css_core.provider_http import ProviderHTTP
+from css_core.record import Recorder
 from css_core.resources import SERVICE_ID, is_supported, service_resources
 from css_core.service_output import ServiceOutput
 from css_core.workflow import Workflow
@@ -41,17 +47,39 @@ INTERNAL_ERROR = "internal error in the service; its log has the details"
 
 
 class Service:
-    """What one worker holds for its lifetime: providers, HTTP client, and the job route."""
+    """What one worker holds for its lifetime: providers, HTTP client, the job route, and what
+    operators see of it (readiness, metrics, budgets)."""
 
     def __init__(self, settings: Settings, registry: Registry, http: ProviderHTTP) -> None:
         self.registry = registry
-        self.service_output = ServiceOutput(settings, registry, Workflow(registry, settings, http))
+        self.readiness = Readiness(registry)
+        self.metrics = Metrics()
+        self.budgets = Budgets.from_settings(settings)
+        self.recorder = Recorder(registry, self.metrics, self.budgets)
+        self.service_output = ServiceOutput(settings, registry, Workflow(registry, settings, http), self.recorder)
         self.resources = _encode(service_resources(registry))
-        self.index = _encode({
+        self._index = {
             "service": SERVICE_ID,
             "version": __version__,
             "providers": {p.spec.name: p.served for p in registry.providers},
-        })
+        }
+
+    @property
+    def index(self) -> bytes:
+        """`GET /`: what is served, and each provider's keys as this worker sees them now
+        (`usable`: neither cooling down after a 429 nor set aside after a refusal)."""
+        keys = {p.spec.name: {"total": p.pool.total, "usable": p.pool.usable()} for p in self.registry.providers}
+        return _encode({**self._index, "keys": keys})
+
+    async def metrics_text(self) -> bytes:
+        """`GET /metrics`: every worker's series, and the budgets' use read from their store now."""
+        families = await self.budgets.families()
+        return await asyncio.to_thread(self.metrics.exposition, families)  # reading every worker's files
+
+    async def close(self) -> None:
+        self.readiness.close()
+        await self.budgets.close()
+        self.metrics.close()
 
 
 # -- errors, answered in one place -------------------------------------------------------------------------
@@ -63,8 +91,9 @@ def _error(status: int, description: str, headers: dict[str, str] | None = None)
 
 
 def _css_error(_: Request[Any, Any, Any], exc: CSSError) -> Response[bytes]:
-    logger.log(logging.WARNING if exc.status >= 500 else logging.INFO, "job failed (%d): %s", exc.status,
-               exc.message)
+    if not isinstance(exc, NotReady):  # a probe's answer, not a job's failure
+        logger.log(logging.WARNING if exc.status >= 500 else logging.INFO, "job failed (%d): %s", exc.status,
+                   exc.message)
     return _error(exc.status, exc.message, exc.headers)
 
 
@@ -115,6 +144,39 @@ async def resources(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(_encode({"supported": is_supported(service.registry, model_id)}), media_type=JSON)
 
 
+_OK = _encode({"status": "ok"})
+_READY = _encode({"status": "ready"})
+
+
+@get("/health", media_type=JSON, responses={200: JSON_OBJECT})
+async def health() -> Response[bytes]:
+    """200 while the worker serves; never calls a provider."""
+    return Response(_OK, media_type=JSON)
+
+
+@get("/ready", media_type=JSON, responses={200: JSON_OBJECT, **errors(503)})
+async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """200 when the worker should be sent jobs; else 503 saying why (`css_core.health`)."""
+    _service(request).readiness.check()
+    return Response(_READY, media_type=JSON)
+
+
+@get("/metrics", media_type=CONTENT_TYPE, responses={
+    200: ResponseSpec(str, media_type="text/plain", description="the Prometheus text format",
+                      generate_examples=False), **errors(401)})
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Every worker's metrics (`css_core.metrics`)."""
+    return Response(await _service(request).metrics_text(), media_type=CONTENT_TYPE)
+
+
+async def _jobs_refused_early(message: Any, scope: Any) -> None:
+    """Jobs the bearer guard refused are jobs too: counted and logged (`Recorder.answered_before`)."""
+    if message["type"] == "http.response.start":  # once per answer, not per chunk of a stream
+        service: Service | None = getattr(scope["litestar_app"].state, "service", None)
+        if service is not None:
+            await service.recorder.answered_before(message, scope)
+
+
 @asgi("/service_output", copy_scope=False)
 async def service_output(scope: Scope, receive: Receive, send: Send) -> None:
     """Every job (documented by `openapi.py`)."""
@@ -128,20 +190,26 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with ProviderHTTP(settings) as http:
-            app.state.service = Service(settings, registry, http)
+        async with ProviderHTTP(settings, (p.base_url for p in registry.providers)) as http:
+            app.state.service = service = Service(settings, registry, http)
+            service.readiness.watch_signals()  # uvicorn's handlers are installed by now
             # What start-up built lives as long as the worker: frozen, the collector no longer
             # scans it, and it collects less often (bench/RESULTS.md).
             gc.freeze()
             gc.set_threshold(10_000)
-            yield
+            try:
+                yield
+            finally:
+                await service.close()
 
     guards = [bearer_guard(settings.bearer_token)] if settings.bearer_token else []
     app = Litestar(
-        route_handlers=[index, Router("/", route_handlers=[service_output, resources], guards=guards)],
+        route_handlers=[index, health, ready,
+                        Router("/", route_handlers=[service_output, resources, metrics], guards=guards)],
         request_max_body_size=settings.max_body_bytes,
         lifespan=[lifespan],
         exception_handlers={CSSError: _css_error, HTTPException: _http_error, Exception: _internal_error},
+        before_send=[request_id.add_header, _jobs_refused_early],
         logging_config=None,
         openapi_config=OpenAPIConfig(title=SERVICE_ID, version=__version__),
     )

@@ -4,21 +4,33 @@ It takes exactly the node's `command` string (e.g. `--bind=0.0.0.0:3000 --worker
 checks the configuration and the plugins once before any worker starts, says which
 providers are served, then runs the ASGI server. `css-inference-service plugins` lists
 the installed provider plugins.
+
+Every worker writes its metrics to `PROMETHEUS_MULTIPROC_DIR` (`css_core.metrics`): unless
+the operator names one, a fresh directory is made for the run before the workers start,
+and removed when the service stops. Logging (`CSS_LOG_FORMAT`) is configured here and, by
+uvicorn, again in each worker.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from css_core import __version__
+from css_core import __version__, metrics
+from css_core.budget_store import check_store
+from css_core.budgets import check_providers
 from css_core.config import load_settings
 from css_core.errors import ConfigError
-from css_core.plugins import Registry, build_registry
+from css_core.logs import logging_config
+from css_core.plugins import Provider, Registry, build_registry
 from css_core.provider_http import ssl_context
 
 __all__ = ("main", "parse_bind")
@@ -66,11 +78,22 @@ def _report(registry: Registry) -> None:
         logger.warning("no provider plugin is installed: every job will be refused")
 
 
+def _keys(provider: Provider) -> str:
+    """The KEY column: the variable, and for a pool how many keys it holds and how many are usable now."""
+    if not provider.needs_key:
+        return "none needed"
+    if not provider.served:
+        return f"{provider.spec.api_key_env} NOT SET"
+    total = provider.pool.total
+    pool = f" ({total} keys, {provider.pool.usable()} usable)" if total > 1 else ""
+    return f"{provider.spec.api_key_env} set{pool}"
+
+
 def _print_plugins(registry: Registry) -> None:
     header = ("DISTRIBUTION", "VERSION", "PROVIDER", "ON-CHAIN ID", "ENDPOINTS", "KEY")
     rows = [header] + [
-        (p.plugin.distribution, p.plugin.version, p.spec.name, str(p.spec.onchain_id), ",".join(p.spec.endpoints),
-         f"{p.spec.api_key_env} {'set' if p.served else 'NOT SET'}")
+        (p.plugin.distribution, p.plugin.version, p.spec.name, str(p.spec.onchain_id) if p.onchain else "-",
+         ",".join(p.spec.endpoints), _keys(p))
         for p in registry.providers
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -80,16 +103,32 @@ def _print_plugins(registry: Registry) -> None:
         print(f"error: {error}")
 
 
+def _configure_logging(log_format: str) -> None:
+    """This process's logging in `log_format`; as with `logging.basicConfig`, a process whose
+    logging is set up already (a test calling `main`) keeps it."""
+    if not logging.getLogger().handlers:
+        logging.config.dictConfig(logging_config(log_format))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # the environment's log format, until the settings (and .env) say
+    log_format = "json" if os.environ.get("CSS_LOG_FORMAT", "").strip().lower() == "json" else "text"
     try:
         settings = load_settings()
+        log_format = settings.log_format
+        _configure_logging(log_format)
         registry = build_registry(settings)
         ssl_context(settings)  # a bad SSL_CERT_FILE stops start-up here, not in each worker
+        check_providers(settings.budgets, {p.spec.name.upper() for p in registry.providers})
+        check_store(settings)  # ... and a budget store that cannot be created
+        metrics_dir = metrics.multiprocess_dir(settings.environ)
     except ConfigError as exc:
-        print(f"css-inference-service: configuration error: {exc}", file=sys.stderr)
+        if log_format == "json":  # the one line a log reader sees
+            _configure_logging(log_format)
+            logger.critical("configuration error: %s", exc)
+        else:
+            print(f"css-inference-service: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.command == "plugins":
         _print_plugins(registry)
@@ -102,12 +141,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     host, port = args.bind
     options = dict(host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                   timeout_graceful_shutdown=settings.shutdown_grace, server_header=False)
+                   timeout_graceful_shutdown=settings.shutdown_grace, server_header=False,
+                   log_config=logging_config(settings.log_format))
     # after a graceful stop uvicorn raises the SIGTERM again: exit 0 then, as the multi-worker supervisor does
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    if args.workers == 1:
-        from css_core.app import create_app
+    run_dir = None if metrics_dir else tempfile.mkdtemp(prefix="css-metrics-")
+    os.environ[metrics.VARIABLE] = metrics_dir or run_dir or ""  # the workers inherit it
+    try:
+        if args.workers == 1:
+            from css_core.app import create_app
 
-        uvicorn.run(create_app(settings, registry), **options)
-    else:
-        uvicorn.run("css_core.app:create_app", factory=True, workers=args.workers, **options)
+            uvicorn.run(create_app(settings, registry), **options)
+        else:
+            uvicorn.run("css_core.app:create_app", factory=True, workers=args.workers, **options)
+    finally:
+        if run_dir is not None:
+            shutil.rmtree(run_dir, ignore_errors=True)

@@ -9,7 +9,7 @@ policy, each field is taken from the first of these that sets it:
 3. the older `RETRY_PARAMS`;
 4. the defaults: 3 tries, 3 s delay, 10 s max delay, backoff 2, jitter [0.5, 1.5].
 
-Beyond DESIGN.md's variables, the service reads its own limits: `CSS_MAX_BODY_BYTES`
+Beyond the reference container's variables, the service reads its own limits: `CSS_MAX_BODY_BYTES`
 (largest job body, default 4 MiB), `CSS_MAX_MESSAGES` (per job, default 1024),
 `CSS_MAX_IN_FLIGHT` (calls open to one provider per worker before new jobs get 503,
 default 512), `CSS_BEARER_TOKEN` (when set, `/service_output` and `/service-resources`
@@ -25,6 +25,17 @@ only what the node advertises.
 `CSS_INF_WORKFLOW_KW_ARGS` holds the operator's defaults for every provider request body;
 a key that is a provider's name (upper case) with an object value holds defaults for that
 provider only, e.g. `{"temperature": 0.2, "ANTHROPIC": {"max_tokens": 512}}`.
+Routing (see `keys`, `routing`, `compatible`): a provider's key variable may hold several
+comma-separated keys, used in turn; `CSS_KEY_DISABLE_SECONDS` (default 600, 0: never) is
+how long a key the provider refused is set aside; `CSS_FALLBACKS` names the providers and
+models a failed job falls back to; `CSS_OPENAI_COMPATIBLE` configures OpenAI-compatible
+providers without a plugin package.
+
+Operations (see `logs`, `budgets`, `budget_store`): `CSS_LOG_FORMAT` is `text` (the default)
+or `json` (one JSON object a line); `CSS_BUDGETS` sets spending budgets; their counts are
+kept in SQLite in `CSS_STATE_DIR` (default `${XDG_STATE_HOME:-~/.local/state}/css-inference-service`),
+or in Redis at `CSS_REDIS_URL` when several replicas share them.
+
 `SSL_CERT_FILE` names a PEM file of the certificate authorities the provider calls trust
 (instead of the bundled ones): a TLS-intercepting egress proxy's CA, or a test CA.
 `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` are honoured from the process environment.
@@ -46,6 +57,7 @@ from typing import Annotated, Any
 import dotenv
 import msgspec
 
+from css_core import budgets, compatible, routing
 from css_core.errors import ConfigError
 
 __all__ = ("RetryPolicy", "Settings", "load_settings", "read_dotenv")
@@ -81,10 +93,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     shutdown_grace: float = 30.0
     models: dict[str, tuple[str, ...]] = {}  # by upper-case provider name: replaces its catalogue
     extra_models: dict[str, tuple[str, ...]] = {}  # ... and extends it
+    key_disable_seconds: float = 600.0
+    fallbacks: dict[str, tuple[routing.Target, ...]] = {}  # by "PROVIDER/model" or "PROVIDER" (upper case)
+    compatible: dict[str, compatible.CompatibleProvider] = {}  # by upper-case name
+    log_format: str = "text"  # or "json" (CSS_LOG_FORMAT)
+    budgets: tuple[budgets.Budget, ...] = ()  # CSS_BUDGETS, one per limit
+    state_dir: str = ""  # CSS_STATE_DIR: where the budgets' SQLite store lives
+    redis_url: str | None = None  # CSS_REDIS_URL: the budgets' store shared by replicas
 
     def __repr__(self) -> str:
         # `environ` holds the API keys: never let a repr carry them into a log
-        fields = (f for f in self.__struct_fields__ if f not in ("environ", "bearer_token"))
+        fields = (f for f in self.__struct_fields__ if f not in ("environ", "bearer_token", "redis_url"))
         return "Settings(" + ", ".join(f"{f}={getattr(self, f)!r}" for f in fields) + ")"
 
     @property
@@ -145,6 +164,7 @@ _LIMITS = (
     ("max_messages", "CSS_MAX_MESSAGES", int, 1),
     ("max_in_flight", "CSS_MAX_IN_FLIGHT", int, 1),
     ("shutdown_grace", "CSS_SHUTDOWN_GRACE", float, 0),
+    ("key_disable_seconds", "CSS_KEY_DISABLE_SECONDS", float, 0),
 )
 _RETRY_FIELDS = {"tries": (int, 1), "delay": (float, 0), "max_delay": (float, 0), "backoff": (float, 0)}
 
@@ -190,6 +210,37 @@ def _catalogues(environ: Mapping[str, str], name: str) -> dict[str, tuple[str, .
     expected = 'a JSON object {"PROVIDER": ["model", ...]}'
     catalogues = _json(environ, name, expected, _CATALOGUE) or {}
     return {provider.upper(): tuple(models) for provider, models in catalogues.items()}
+
+
+def _fallbacks(environ: Mapping[str, str]) -> dict[str, tuple[routing.Target, ...]]:
+    raw = _json(environ, routing.VARIABLE, routing.EXPECTED, dict[str, list[str]])
+    return routing.parse_fallbacks(raw or {})
+
+
+def _compatible(environ: Mapping[str, str]) -> dict[str, compatible.CompatibleProvider]:
+    raw = _json(environ, compatible.VARIABLE, compatible.EXPECTED, dict[str, compatible.CompatibleProvider])
+    return compatible.parse_compatible(raw or {})
+
+
+def _operations(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`CSS_LOG_FORMAT`, `CSS_BUDGETS`, `CSS_STATE_DIR` and `CSS_REDIS_URL`."""
+    log_format = (environ.get("CSS_LOG_FORMAT") or "text").strip().lower()
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"CSS_LOG_FORMAT must be text or json, got {environ['CSS_LOG_FORMAT']!r}")
+    raw = _json(environ, budgets.VARIABLE, budgets.EXPECTED, dict[str, budgets.Limits])
+    redis_url = environ.get("CSS_REDIS_URL") or None
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        scheme = redis_url.partition("://")[0] if "://" in redis_url else "none"  # the URL may hold a password
+        raise ConfigError(f"CSS_REDIS_URL must be a redis://, rediss:// or unix:// URL, got one with scheme {scheme!r}")
+    # the XDG base directory rule: an unset or relative XDG_STATE_HOME means ~/.local/state
+    state_home = environ.get("XDG_STATE_HOME") or ""
+    state_home = state_home if os.path.isabs(state_home) else os.path.expanduser("~/.local/state")
+    return {
+        "log_format": log_format,
+        "budgets": budgets.parse_budgets(raw or {}),
+        "state_dir": environ.get("CSS_STATE_DIR") or os.path.join(state_home, "css-inference-service"),
+        "redis_url": redis_url,
+    }
 
 
 def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
@@ -245,4 +296,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         job_deadline=150.0 if deadline is None else float(deadline),
         models=_catalogues(env, "CSS_MODELS"),
         extra_models=_catalogues(env, "CSS_EXTRA_MODELS"),
+        fallbacks=_fallbacks(env),
+        compatible=_compatible(env),
+        **_operations(env),
     )

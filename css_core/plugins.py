@@ -3,6 +3,8 @@
 Each entry point of the `css_inference_service` group is loaded on its own: one that
 fails to import, or whose `css_provider` hook raises, is reported by name and left out
 while the others serve. A hook whose name no hookspec knows (a misspelling) stops start-up.
+The providers of `CSS_OPENAI_COMPATIBLE` are registered here too, one plugin object each
+(`css_core.compatible`), and checked for clashes like any other.
 """
 
 from __future__ import annotations
@@ -10,14 +12,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from itertools import cycle
 from typing import Any
 
 import pluggy
 
-from css_core import default_call, hookspecs
+from css_core import compatible, default_call, hookspecs
 from css_core.config import Settings
 from css_core.errors import ConfigError, ProviderNotAvailable
+from css_core.keys import KeyPool, scrubber
+from css_core.routing import Fallbacks
 from css_core.types import ProviderSpec
 
 __all__ = ("Hooks", "PluginInfo", "Provider", "Registry", "build_registry", "plugin_manager")
@@ -27,15 +30,20 @@ logger = logging.getLogger("css_core")
 _SHIPPED_PROVIDERS = {0: "OPENAI", 1: "GOOSEAI", 2: "PERPLEXITYAI", 3: "ANTHROPIC", 4: "GEMINI"}
 
 
+_IN_CODE = "(registered in code)"
+
+
 @dataclass(frozen=True)
 class PluginInfo:
     """Where a plugin came from, for messages and `css-inference-service plugins`."""
 
     name: str
-    distribution: str = "(registered in code)"
+    distribution: str = _IN_CODE
     version: str = ""
 
     def __str__(self) -> str:
+        if self.distribution == _IN_CODE:
+            return f"{self.name!r}, registered in code"
         return f"{self.distribution} {self.version}".strip()
 
 
@@ -74,7 +82,9 @@ class Provider:
 
     `models` is its effective catalogue: the plugin's, as `CSS_MODELS` / `CSS_EXTRA_MODELS`
     replace or extend it. `options` are the body fields every job starts from: the
-    plugin's `default_options` under the operator's defaults for this provider.
+    plugin's `default_options` under the operator's defaults for this provider. `pool`
+    says which of its keys the next attempt uses (`css_core.keys`). A spec whose
+    `api_key_env` is empty needs no key: it is served without one, and sends no key header.
     """
 
     spec: ProviderSpec
@@ -85,16 +95,22 @@ class Provider:
     models: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)
     in_flight: int = 0  # calls this worker has open to the provider now
+    key_disable_seconds: float = 600.0  # how long a refused key is set aside (CSS_KEY_DISABLE_SECONDS)
 
     def __post_init__(self) -> None:
         spec = self.spec
         self.headers = {"content-type": "application/json", **spec.headers}
         self._auth = [f"{spec.auth_scheme} {key}" if spec.auth_scheme else key for key in self.keys]
-        self._turn = cycle(range(len(self.keys)))
+        self.pool = KeyPool(len(self.keys), self.key_disable_seconds)
+        self.scrub = scrubber(self.keys)  # the provider's text without its keys, even masked
+
+    @property
+    def needs_key(self) -> bool:
+        return bool(self.spec.api_key_env)
 
     @property
     def served(self) -> bool:
-        return bool(self.keys)
+        return bool(self.keys) or not self.needs_key
 
     @property
     def streams(self) -> bool:
@@ -105,12 +121,23 @@ class Provider:
         return f"{self.spec.api_key_env} is not set"
 
     def next_key(self) -> int:
-        """The position of the key the next attempt uses (the keys are used in turn)."""
-        return next(self._turn)
+        """The position of the key the next attempt uses (in turn, skipping paused keys)."""
+        return self.pool.pick()
 
     def headers_for(self, key: int) -> dict[str, str]:
         """A new dict of the headers of one call with key number `key`."""
+        if not self._auth:
+            return {**self.headers}
         return {**self.headers, self.spec.auth_header: self._auth[key]}
+
+    def key_name(self, key: int) -> str:
+        """How messages name key number `key` (its position, never any part of it)."""
+        return self.pool.name(key)
+
+    @property
+    def onchain(self) -> bool:
+        """Whether on-chain jobs can reach it (a configured compatible provider may have no id)."""
+        return self.spec.onchain_id != compatible.NO_ONCHAIN_ID
 
 
 
@@ -149,12 +176,16 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
 class Registry:
     """The providers of this service, by name and by on-chain id, and the plugin manager."""
 
-    def __init__(self, pm: pluggy.PluginManager, providers: list[Provider], errors: list[str]) -> None:
+    def __init__(
+        self, pm: pluggy.PluginManager, providers: list[Provider], errors: list[str],
+        fallbacks: Fallbacks | None = None,
+    ) -> None:
         self.pm = pm
         self.providers = providers
         self.errors = errors
+        self.fallbacks = fallbacks or Fallbacks({})
         self._by_name = {p.spec.name.upper(): p for p in providers}
-        self._by_onchain_id = {p.spec.onchain_id: p for p in providers}
+        self._by_onchain_id = {p.spec.onchain_id: p for p in providers if p.onchain}
 
     def by_name(self, name: str) -> Provider:
         provider = self._by_name.get(name.upper())
@@ -171,7 +202,8 @@ class Registry:
         return provider
 
     def _installed(self) -> str:
-        names = ", ".join(f"{p.spec.name} ({p.spec.onchain_id})" for p in self.providers)
+        names = ", ".join(f"{p.spec.name} ({p.spec.onchain_id if p.onchain else 'off-chain only'})"
+                          for p in self.providers)
         return f" (installed: {names})" if names else " (no provider plugin is installed)"
 
 
@@ -203,11 +235,14 @@ def _options(spec: ProviderSpec, settings: Settings) -> dict[str, Any]:
     return options
 
 
+_Owner = tuple[object, ProviderSpec, PluginInfo]  # a provider-owning plugin, its spec, where it came from
+
+
 def _describe_providers(
     pm: pluggy.PluginManager, settings: Settings, infos: dict[str, PluginInfo], errors: list[str]
-) -> list[tuple[object, ProviderSpec, PluginInfo]]:
+) -> list[_Owner]:
     """Each provider-owning plugin with its spec; clashes stop start-up, a raising plugin is left out."""
-    owners: list[tuple[object, ProviderSpec, PluginInfo]] = []
+    owners: list[_Owner] = []
     plugins = [impl.plugin for impl in pm.hook.css_provider.get_hookimpls()]
     for plugin in plugins:
         name = pm.get_name(plugin) or repr(plugin)
@@ -226,19 +261,40 @@ def _describe_providers(
             continue
         if spec is None:
             continue
-        if not 0 <= spec.onchain_id <= 255:
+        configured = isinstance(plugin, compatible.CompatiblePlugin)
+        if not 0 <= spec.onchain_id <= 255 and not (configured and spec.onchain_id == compatible.NO_ONCHAIN_ID):
             raise ConfigError(
                 f"plugin {name!r} from {info}: on-chain id of {spec.name} must be 0-255, got {spec.onchain_id}"
             )
-        for _, other, other_info in owners:
-            if other.name.upper() == spec.name.upper() or other.onchain_id == spec.onchain_id:
-                raise ConfigError(
-                    f"plugin {other_info.name!r} from {other_info} and plugin {name!r} from {info} "
-                    f"both claim provider {spec.name!r} "
-                    f"(on-chain ids {other.onchain_id} and {spec.onchain_id}); uninstall one of them"
-                )
+        for other_plugin, other, other_info in owners:
+            _check_clash((other_plugin, other, other_info), (plugin, spec, info))
         owners.append((plugin, spec, info))
     return owners
+
+
+def _check_clash(first: _Owner, second: _Owner) -> None:
+    """Two plugins may not claim the same provider name (in any case) or on-chain id."""
+    (plugin, spec, info), (other_plugin, other, other_info) = first, second
+    same_name = other.name.upper() == spec.name.upper()
+    if not same_name and not spec.onchain_id == other.onchain_id != compatible.NO_ONCHAIN_ID:
+        return
+    names = repr(spec.name) if same_name else f"{spec.name!r} / {other.name!r}"
+    configured = any(isinstance(p, compatible.CompatiblePlugin) for p in (plugin, other_plugin))
+    remedy = f"rename or remove the one in {compatible.VARIABLE}" if configured else "uninstall one of them"
+    raise ConfigError(
+        f"plugin {info.name!r} from {info} and plugin {other_info.name!r} from {other_info} both claim provider "
+        f"{names} (on-chain ids {spec.onchain_id} and {other.onchain_id}); {remedy}"
+    )
+
+
+def _register_compatible(pm: pluggy.PluginManager, settings: Settings, infos: dict[str, PluginInfo]) -> None:
+    """Register one plugin object per provider of `CSS_OPENAI_COMPATIBLE`."""
+    for name, entry in settings.compatible.items():
+        registered = f"{compatible.VARIABLE}:{name}"
+        if pm.get_plugin(registered) is not None:  # a registry built again on the same manager
+            pm.unregister(name=registered)
+        pm.register(compatible.CompatiblePlugin(name, entry), name=registered)
+        infos[registered] = PluginInfo(registered, compatible.VARIABLE)
 
 
 def build_registry(
@@ -251,18 +307,25 @@ def build_registry(
     if pm is None:
         pm, infos, errors = plugin_manager()
     errors = list(errors or [])
+    infos = dict(infos or {})
+    _register_compatible(pm, settings, infos)
     _check_pending(pm)
-    owners = _describe_providers(pm, settings, infos or {}, errors)
+    owners = _describe_providers(pm, settings, infos, errors)
 
     providers = []
     for plugin, spec, info in owners:
         hooks = _hooks(pm, [p for p, _, _ in owners if p is not plugin])
         providers.append(Provider(spec, info, _base_url(spec, settings), _keys(spec, settings), hooks,
-                                  _catalogue(spec, settings), _options(spec, settings)))
+                                  _catalogue(spec, settings), _options(spec, settings),
+                                  key_disable_seconds=settings.key_disable_seconds))
     names = {spec.name.upper() for _, spec, _ in owners}
+    fallbacks = Fallbacks(settings.fallbacks)
+    fallbacks.check(names)
     scoped = (("CSS_MODELS", settings.models), ("CSS_EXTRA_MODELS", settings.extra_models),
               ("CSS_INF_WORKFLOW_KW_ARGS", settings.provider_defaults))
     for variable, by_provider in scoped:
         if unknown := sorted(set(by_provider) - names):
             logger.warning("%s names providers that are not installed: %s", variable, ", ".join(unknown))
-    return Registry(pm, sorted(providers, key=lambda p: p.spec.onchain_id), errors)
+    # providers without an on-chain id (configured ones may have none) are listed last
+    providers.sort(key=lambda p: (not p.onchain, p.spec.onchain_id, p.spec.name))
+    return Registry(pm, providers, errors, fallbacks)

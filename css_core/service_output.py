@@ -4,14 +4,22 @@ Litestar routes it to `ServiceOutput` as a lean `@asgi` route handler (see `app.
 guard checks the bearer token, its exception handlers answer every error raised here, and
 the route is described in the OpenAPI schema by `openapi.py`. What a full handler would
 infer is done here once per job, cheaply: the method, the media type, the body limit.
+
+Every successful answer (off-chain, on-chain, stream) says who served it, a fallback or the
+job's own provider, in the headers `x-css-provider` and `x-css-model`; the body is unchanged.
+
+Each job has a `JobRecord` (`css_core.record`), which this route tells what it sees, and
+finishes once the answer is sent: the job's metrics and its log line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 from litestar.exceptions import MethodNotAllowedException
@@ -21,7 +29,8 @@ from css_core.config import Settings
 from css_core.errors import PayloadTooLarge, UnsupportedMediaType
 from css_core.job import decode_job
 from css_core.messages import JobLocation, OffchainOutput, OnchainOutput
-from css_core.plugins import Registry
+from css_core.plugins import Provider, Registry
+from css_core.record import JobRecord, Recorder
 from css_core.workflow import Workflow
 
 __all__ = ("Receive", "Scope", "Send", "ServiceOutput")
@@ -32,7 +41,20 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 _encode = msgspec.json.Encoder().encode
 _JSON = (b"content-type", b"application/json")
-_TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+_TEXT = (b"content-type", b"text/plain; charset=utf-8")
+_clock = time.perf_counter
+
+
+def _header_value(text: str) -> bytes:
+    """`text` as a header value; a job's model name may hold anything, so what is not printable
+    ASCII is percent-encoded (never a line break in the headers)."""
+    if text.isascii() and text.isprintable():
+        return text.encode()
+    return quote(text, safe="/:@+-._~ ").encode()
+
+
+def _served_by(provider: Provider, model: str) -> tuple[tuple[bytes, bytes], tuple[bytes, bytes]]:
+    return (b"x-css-provider", _header_value(provider.spec.name)), (b"x-css-model", _header_value(model))
 
 
 def _media_type(headers: list[tuple[bytes, bytes]]) -> bytes:
@@ -81,23 +103,55 @@ class _CancelOnDisconnect:
 class ServiceOutput:
     """Decodes a job, runs it, and answers with its result or its stream; errors are raised."""
 
-    def __init__(self, settings: Settings, registry: Registry, workflow: Workflow) -> None:
+    def __init__(self, settings: Settings, registry: Registry, workflow: Workflow,
+                 recorder: Recorder | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.workflow = workflow
+        self.recorder = recorder or Recorder(registry)
+        # The budgets of the job's own provider are checked here until the workflow checks
+        # each target itself, before its first attempt there (`JobRecord.admit`), and says so.
+        self._admits = not getattr(workflow, "admits_budgets", False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        record = self.recorder.start(scope)
+        try:
+            await self._serve(record, scope, receive, send)
+        except BaseException as exc:
+            record.failed(exc)
+            raise
+        finally:
+            await self.recorder.finish(record)
+
+    async def _serve(self, record: JobRecord, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
             raise MethodNotAllowedException(headers={"Allow": "POST"})
         if (media_type := _media_type(scope["headers"])) != b"application/json":
             shown = media_type.decode("latin-1") or "none"
             raise UnsupportedMediaType(f"the job must be sent as `Content-Type: application/json` (got {shown})")
         job = decode_job(await self._body(scope, receive), self.registry, self.settings)
-        with _CancelOnDisconnect(receive):
+        record.job(job.request, job.destination)
+        if self._admits:
+            await record.admit_own()
+        with _CancelOnDisconnect(receive) as watch:
+            record.enter()
+            began = _clock()
+            try:
+                if job.destination is JobLocation.STREAM:
+                    streamed = await self.workflow.stream(job.request)
+                else:
+                    result, provider, model = await self.workflow.run(job.request)
+            finally:
+                record.workflow_seconds = _clock() - began
             if job.destination is JobLocation.STREAM:
-                await _relay(await self.workflow.stream(job.request), send)
+                record.served(streamed.provider.spec.name, streamed.model)
+                record.streaming()
+                await _relay(streamed.chunks, send, _served_by(streamed.provider, streamed.model), record)
                 return
-            result = await self.workflow.run(job.request)
+        if watch.left:  # the client left (the job was cancelled): nobody is left to answer
+            record.left()
+            return
+        record.served(provider.spec.name, model)
         if job.destination is JobLocation.ONCHAIN:
             assert isinstance(result, str)  # decode_job refuses embeddings on-chain
             output: Any = OnchainOutput(raw_input=job.raw_input, raw_output=encode_result(result).hex())
@@ -105,7 +159,7 @@ class ServiceOutput:
             output = OffchainOutput(result)
         body = _encode(output)
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [_JSON, (b"content-length", b"%d" % len(body))]})
+                    "headers": [_JSON, (b"content-length", b"%d" % len(body)), *_served_by(provider, model)]})
         await send({"type": "http.response.body", "body": body})
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
@@ -132,12 +186,21 @@ class ServiceOutput:
         )
 
 
-async def _relay(chunks: AsyncGenerator[str, None], send: Send) -> None:
+async def _relay(chunks: AsyncGenerator[str, None], send: Send, served_by: tuple[tuple[bytes, bytes], ...],
+                 record: JobRecord) -> None:
     """Send the text as it arrives. A failure after the first byte aborts the response: the
-    server closes the connection, and the node sees a failed stream, not a short success."""
+    server closes the connection, and the node sees a failed stream, not a short success.
+    The time spent waiting for each next chunk is the provider's, in the job's record."""
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": _TEXT})
-        async for text in chunks:
+        await send({"type": "http.response.start", "status": 200, "headers": [_TEXT, *served_by]})
+        record.responded = True
+        while True:
+            began = _clock()
+            try:
+                text = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            record.relay_seconds += _clock() - began
             await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
     finally:
         await chunks.aclose()

@@ -2,7 +2,15 @@
 
 It knows no provider by name. It asks the registry for the provider's plugin, has the
 plugin encode the call, sends it with retries and the job's deadline, and has the plugin
-read the answer (or each streamed event).
+read the answer (or each streamed event). The attempts at one provider, with their keys
+and retry strategies, are `css_core.attempts`'.
+
+A job its provider could not answer (it failed after its retries, refused every key, is
+not served here, or every key is cooling down) falls back to the targets of
+`CSS_FALLBACKS`, in order, within the same deadline; a stream only before its first text.
+A request the provider rejected as bad, or a passed deadline, does not fall back. The
+chain is looked up only once a job has failed, and followed once (a target's own
+fallbacks are not). The answer names who served it (`Served`, `Streamed`).
 """
 
 from __future__ import annotations
@@ -10,16 +18,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
-import httpx
 import msgspec
-from tenacity import AsyncRetrying, RetryCallState
 
+from css_core.attempts import JobAttempts, KeysCooling
+from css_core.budgets import OverBudget
 from css_core.config import Settings
-from css_core.default_call import ErrorAnswer
 from css_core.errors import (
     CSSError,
     InvalidJob,
@@ -28,29 +36,53 @@ from css_core.errors import (
     ProviderFailed,
     ProviderHTTPError,
     ProviderNotAvailable,
-    ProviderRejected,
-    ProviderTimeout,
     ProviderUnreachable,
     ServiceBusy,
 )
+from css_core.metrics import outcome_of
 from css_core.plugins import Provider, Registry
-from css_core.provider_http import ProviderHTTP, unreachable
-from css_core.retry import is_retryable, retrying
-from css_core.types import CSSRequest, PreparedCall, ProviderCall, Result
+from css_core.provider_http import ProviderHTTP
+from css_core.record import current
+from css_core.retry import retrying
+from css_core.routing import fall_back
+from css_core.types import CSSRequest, ProviderCall, Result
 
-__all__ = ("Workflow",)
+__all__ = ("Served", "Streamed", "Workflow")
 
 T = TypeVar("T")
+_clock = time.perf_counter
 logger = logging.getLogger("css_core.workflow")
-# what reading an answer of an unexpected shape raises: the answer is unreadable (retried)
-_UNREADABLE = (msgspec.DecodeError, msgspec.ValidationError, KeyError, IndexError, ValueError)
-# what a plugin may raise on purpose; anything else is a bug in the plugin
-_EXPECTED = (CSSError, ProviderHTTPError, ProviderBadResponse, ProviderUnreachable)
-_MAX_DETAIL = 500  # a provider's error text passed on to the caller is cut to this length
 
 # what could take a path out of the provider's base URL: a query, a fragment, a backslash,
-# controls and spaces, or a "." / ".." segment
-_UNSAFE_PATH = re.compile(r"[?#\\\x00-\x20\x7f]|(?:^|/)\.\.?(?:/|$)")
+# controls and spaces, or a "." / ".." segment, written plainly or percent-encoded (the
+# HTTP client normalises `%2e%2e` to `..` and resolves it)
+_UNSAFE_PATH = re.compile(r"[?#\\\x00-\x20\x7f]|(?:^|/)(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
+
+
+class _NotServed(ProviderNotAvailable):
+    """The provider is installed, but this node does not serve it (its key is not set)."""
+
+
+# how a job ends when another provider might still answer it (a ProviderTimeout excepted)
+_FALLS_BACK = (ProviderFailed, ServiceBusy, PluginFailed, _NotServed, OverBudget)
+
+
+class Served(NamedTuple):
+    """A job's result, and the provider and model that answered it."""
+
+    result: Result
+    provider: Provider
+    model: str
+
+
+class Streamed:
+    """A stream's text, and the provider and model serving it (known before its first chunk is sent)."""
+
+    __slots__ = ("chunks", "model", "provider")
+
+    chunks: AsyncGenerator[str, None]
+    provider: Provider
+    model: str
 
 
 def _url(provider: Provider, call: ProviderCall) -> str:
@@ -63,103 +95,36 @@ def _url(provider: Provider, call: ProviderCall) -> str:
     return provider.base_url + path + ("?" + urlencode(query) if query else "")
 
 
-class _Job:
-    """One job's provider, its attempts, and what its failures are called."""
-
-    def __init__(self, provider: Provider) -> None:
-        self.provider = provider
-        self.attempts = 0
-
-    def scrub(self, text: str) -> str:
-        """`text` without the API keys, then cut short (in this order: no piece of a cut key is left)."""
-        for key in self.provider.keys:
-            text = text.replace(key, "***")
-        return text if len(text) <= _MAX_DETAIL else text[:_MAX_DETAIL] + "…"
-
-    def describe(self, exc: BaseException) -> str:
-        if isinstance(exc, ProviderHTTPError):
-            return self.scrub(f"HTTP {exc.status}: {exc.message}")
-        return self.scrub(str(exc) or type(exc).__name__)
-
-    def failure(self, exc: BaseException) -> Exception:
-        name, attempts, what = self.provider.spec.name, self.attempts, self.describe(exc)
-        if isinstance(exc, TimeoutError):
-            return ProviderTimeout(f"{name} did not answer within the job deadline ({attempts} attempt(s) made)")
-        if isinstance(exc, ProviderHTTPError):
-            if exc.key_refused or (exc.key_refused is None and exc.status in (401, 403)):
-                return ProviderFailed(f"{name} refused this service's API key ({what})")
-            if 400 <= exc.status < 500 and not is_retryable(exc, self.provider.spec.retryable_statuses):
-                return ProviderRejected(f"{name} rejected the request ({what})")
-        return ProviderFailed(f"{name} failed after {attempts} attempt(s); last error: {what}")
-
-    def plugin_step(self, hook: Callable[..., Any], what: str, **kwargs: Any) -> Any:
-        """Call one of the plugin's hooks: an unreadable answer is retried, a bug in the plugin is not."""
-        try:
-            return hook(spec=self.provider.spec, **kwargs)
-        except _EXPECTED:
-            raise
-        except _UNREADABLE as exc:
-            raise ProviderBadResponse(f"unreadable {what}: {self.scrub(repr(exc))}") from None
-        except Exception as exc:
-            raise self.plugin_failed(exc, what) from None
-
-    def plugin_failed(self, exc: Exception, what: str) -> PluginFailed:
-        provider = self.provider
-        logger.error("the plugin of %s (%s) failed on the %s", provider.spec.name, provider.plugin, what,
-                     exc_info=exc)
-        return PluginFailed(
-            f"the {provider.spec.name} plugin ({provider.plugin}) failed on the {what}: {self.scrub(repr(exc))}; "
-            "the service's log has its traceback"
-        )
-
-    async def events(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """A stream's event payloads, its failures as the workflow knows them."""
-        try:
-            async for data in source:
-                yield data
-        except BaseException as exc:
-            raise self.attempt_failure(exc) from None
-        finally:
-            await _close(source)
-
-    def attempt_failure(self, exc: BaseException) -> BaseException:
-        """What a failed call means: a non-2xx answer read by the plugin, a dropped connection."""
-        if isinstance(exc, ErrorAnswer):
-            error: ProviderHTTPError = self.plugin_step(self.provider.hooks.read_error, "error answer",
-                                                        status=exc.status, body=exc.body, retry_after=exc.retry_after)
-            return error
-        if isinstance(exc, httpx.TransportError):  # a plugin's own call
-            return unreachable(exc)
-        return exc
-
-    def before_sleep(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        what = self.describe(exc) if exc else "?"
-        logger.warning("%s attempt %d failed (%s); retrying in %.1f s", self.provider.spec.name, self.attempts,
-                       what, wait)
+def _text_of(job: JobAttempts, data: bytes) -> str:
+    text: str | None = job.plugin_step(job.provider.hooks.parse_stream_event, "stream event", request=job.request,
+                                       data=data)
+    return text or ""
 
 
 class Workflow:
-    """Runs jobs for one worker, with its pooled HTTP client."""
+    """Runs jobs for one worker, with its pooled HTTP client; reports each job's attempts,
+    waits and fallbacks to its record (`css_core.record`), which also admits it to its budgets."""
+
+    admits_budgets = True  # per provider and model, so a job over budget can fall back
 
     def __init__(self, registry: Registry, settings: Settings, http: ProviderHTTP) -> None:
         self.registry = registry
         self.settings = settings
         self.http = http
-        self._retrying: dict[tuple[str, bool], AsyncRetrying] = {}
+        self.fallbacks = registry.fallbacks
+        self._retrying: dict[tuple[str, bool], Any] = {}
         for provider in registry.providers:
             for stream, deadline in ((False, settings.job_deadline), (True, settings.stream_deadline)):
                 statuses = provider.spec.retryable_statuses
                 self._retrying[provider.spec.name, stream] = retrying(settings.retry, statuses, deadline)
 
-    def prepare(self, request: CSSRequest) -> tuple[_Job, str, bytes]:
+    def prepare(self, request: CSSRequest) -> tuple[JobAttempts, str, bytes]:
         """Check the job against its provider; the provider request's URL and body."""
         provider = self.registry.by_name(request.provider)
         spec = provider.spec
         if not provider.served:
             reason = provider.unavailable_reason()
-            raise ProviderNotAvailable(f"provider {spec.name} is not served by this node: {reason}")
+            raise _NotServed(f"provider {spec.name} is not served by this node: {reason}")
         if request.endpoint not in spec.endpoints:
             raise InvalidJob(
                 f"{spec.name} has no {request.endpoint!r} endpoint (it serves: {', '.join(spec.endpoints)})"
@@ -171,16 +136,35 @@ class Workflow:
                 f"`extra_args` may not set {', '.join(reserved)}: {spec.name}'s request builds "
                 f"{', '.join(sorted(spec.job_fields))} from the job itself"
             )
-        job = _Job(provider)
-        call = job.plugin_step(provider.hooks.encode_params, "encoding of the request", request=request)
+        job = JobAttempts(provider, request)
+        call = job.plugin_step(provider.hooks.encode_params, "encoding of the request", reading=False,
+                               request=request)
         if call is None:
             raise InvalidJob(f"{spec.name} cannot encode a {request.endpoint!r} request")
         body = call.body
         if options := {**provider.options, **request.extra_args}:
-            placed = job.plugin_step(provider.hooks.encode_options, "encoding of the options", request=request,
-                                     options=options)
+            placed = job.plugin_step(provider.hooks.encode_options, "encoding of the options", reading=False,
+                                     request=request, options=options)
             body = {**body, **(options if placed is None else placed)}
-        return job, _url(provider, call), msgspec.json.encode(body)
+        job.url, job.content = _url(provider, call), msgspec.json.encode(body)
+        return job, job.url, job.content
+
+    def _job(self, request: CSSRequest, deadline_at: float, more: bool | None = None) -> JobAttempts:
+        """The job, prepared for its attempts; `more`: whether fallbacks follow it (None: its own)."""
+        job = self.prepare(request)[0]
+        job.deadline_at, job.fallbacks, job.more = deadline_at, self.fallbacks, more
+        return job
+
+    def _fall_back(
+        self, request: CSSRequest, failure: CSSError, deadline_at: float, serve: Callable[[JobAttempts], Awaitable[T]]
+    ) -> Awaitable[tuple[T, JobAttempts]]:
+        """The job at its fallbacks, once its own provider failed with `failure`."""
+
+        async def start(redirected: CSSRequest, more: bool) -> tuple[T, JobAttempts]:
+            job = self._job(redirected, deadline_at, more)
+            return await serve(job), job
+
+        return fall_back(self.registry, request, failure, start)
 
     def _occupy(self, provider: Provider) -> None:
         """Take one of the provider's in-flight slots; when none is left, answer 503 at once."""
@@ -191,89 +175,125 @@ class Workflow:
             )
         provider.in_flight += 1
 
-    def _call(self, job: _Job, url: str, content: bytes) -> PreparedCall:
-        """One attempt's request, with the next key's headers."""
-        job.attempts += 1
+    async def _attempts(self, job: JobAttempts, attempt: Callable[[], Awaitable[T]], stream: bool) -> T:
+        """The attempts at one provider, in one of its in-flight slots. A stream keeps its slot
+        once it has started: the stream frees it when it ends."""
         provider = job.provider
-        headers = provider.headers_for(provider.next_key())
-        return PreparedCall(url, headers, content, self.settings.request_timeout)
-
-    async def _attempts(self, job: _Job, attempt: Callable[[], Awaitable[T]], stream: bool, deadline: float) -> T:
-        controller = self._retrying[job.provider.spec.name, stream].copy(before_sleep=job.before_sleep)
+        controller = job.controller(self._retrying[provider.spec.name, stream], self.settings.retry)
+        record = current()
+        self._occupy(provider)
+        held = False
+        sent_at: float | None = None
         try:
-            async with asyncio.timeout(deadline):
+            async with asyncio.timeout_at(job.deadline_at):
+                if provider.pool.paused:
+                    await job.admit()
+                await record.admit(provider.spec.name, job.request.model)  # budgets: 429 before any call
                 async for try_ in controller:
                     with try_:
-                        return await attempt()
-        except (TimeoutError, ProviderHTTPError, ProviderBadResponse, ProviderUnreachable) as exc:
+                        sent_at = _clock()
+                        try:
+                            result = await attempt()
+                        except Exception as exc:
+                            record.attempt(outcome_of(exc), _clock() - sent_at)
+                            sent_at = None
+                            job.note(exc)
+                            raise
+                        record.attempt("ok", _clock() - sent_at)
+                        held = stream
+                        return result
+        except TimeoutError as exc:
+            if sent_at is not None:  # the deadline passed during an attempt
+                record.attempt("timeout", _clock() - sent_at)
             raise job.failure(exc) from None
+        except (ProviderHTTPError, ProviderBadResponse, ProviderUnreachable, KeysCooling) as exc:
+            raise job.failure(exc) from None
+        finally:
+            if not held:
+                provider.in_flight -= 1
         raise AssertionError("tenacity ended without a result or an exception")  # pragma: no cover
 
-    async def run(self, request: CSSRequest) -> Result:
-        """The job's result: a completion or an embedding."""
-        job, url, content = self.prepare(request)
-        provider = job.provider
-        hooks, spec, client, transport = provider.hooks, provider.spec, self.http.client, self.http.transport
+    # -- a job's result ---------------------------------------------------------------------------------------
+
+    def _result(self, job: JobAttempts) -> Awaitable[Result]:
+        """The attempts of a job at one provider, until one has the result."""
+        provider, request, timeout = job.provider, job.request, self.settings.request_timeout
+        hooks, spec, client = provider.hooks, provider.spec, self.http.client
+        transport = self.http.transport_for(provider.base_url)
 
         async def attempt() -> Result:
             try:
-                body = await hooks.call(spec=spec, call=self._call(job, url, content), client=client,
-                                        transport=transport)
-            except (ErrorAnswer, httpx.TransportError) as exc:
+                body = await hooks.call(spec=spec, call=job.call(timeout), client=client, transport=transport)
+            except Exception as exc:
                 raise job.attempt_failure(exc) from None
             result: Result | None = job.plugin_step(hooks.postprocess, "answer", request=request, body=body)
             if result is None:
                 raise ProviderBadResponse("the answer holds no result")
             return result
 
-        self._occupy(provider)
+        return self._attempts(job, attempt, False)
+
+    async def run(self, request: CSSRequest) -> Served:
+        """The job's result (a completion or an embedding), and who answered it."""
+        deadline_at = asyncio.get_running_loop().time() + self.settings.job_deadline
         try:
-            return await self._attempts(job, attempt, False, self.settings.job_deadline)
-        finally:
-            provider.in_flight -= 1
+            job = self._job(request, deadline_at)
+            result = await self._result(job)
+        except _FALLS_BACK as exc:
+            result, job = await self._fall_back(request, exc, deadline_at, self._result)
+        return Served(result, job.provider, job.request.model)
 
-    async def stream(self, request: CSSRequest) -> AsyncGenerator[str, None]:
-        """The job's text, chunk by chunk, once the first chunk has arrived.
+    # -- a job's stream ---------------------------------------------------------------------------------------
 
-        Failures before the first chunk are retried and raised from this coroutine, so the
-        caller can still answer with an error status. After it, a failure ends the iterator
-        with an exception, which the server turns into an aborted response.
+    async def stream(self, request: CSSRequest) -> Streamed:
+        """The job's text, chunk by chunk, once the first chunk has arrived, and who serves it.
+
+        Failures before the first chunk are retried (and fall back) and raised from this
+        coroutine, so the caller can still answer with an error status. After it, a failure
+        ends the iterator with an exception, which the server turns into an aborted response.
         """
-        texts = self._texts(request)
+        streamed = Streamed()
+        texts = self._texts(request, streamed)
         # priming the generator here means its `finally` (closing the provider's stream,
         # freeing the slot) runs however the response ends, even if it is never iterated
         first = await anext(texts, None)
-        return _prepend(first, texts)
+        streamed.chunks = _prepend(first, texts)
+        return streamed
 
-    async def _texts(self, request: CSSRequest) -> AsyncIterator[str]:
-        job, url, content = self.prepare(request)
-        provider = job.provider
-        hooks, spec, client, transport = provider.hooks, provider.spec, self.http.client, self.http.transport
-        deadline = self.settings.stream_deadline
-        deadline_at = asyncio.get_running_loop().time() + deadline
-
-        def text_of(data: bytes) -> str:
-            text: str | None = job.plugin_step(hooks.parse_stream_event, "stream event", request=request, data=data)
-            return text or ""
+    def _stream_start(self, job: JobAttempts) -> Awaitable[tuple[AsyncIterator[bytes], str]]:
+        """The attempts of a stream at one provider, until one yields its first text."""
+        provider, timeout = job.provider, self.settings.request_timeout
+        hooks, spec, client = provider.hooks, provider.spec, self.http.client
+        transport = self.http.transport_for(provider.base_url)
 
         async def attempt() -> tuple[AsyncIterator[bytes], str]:
-            call = self._call(job, url, content)
-            source = job.events(hooks.call_stream(spec=spec, call=call, client=client, transport=transport))
+            source = job.events(hooks.call_stream(spec=spec, call=job.call(timeout), client=client,
+                                                  transport=transport))
             try:
                 async for data in source:
-                    if text := text_of(data):
+                    if text := _text_of(job, data):
                         return source, text
             except BaseException:
                 await _close(source)
                 raise
-            return source, ""
+            await _close(source)
+            # an empty answer is no answer: never a stream of nothing (e.g. thinking that spent
+            # every output token)
+            raise ProviderBadResponse("the stream ended without any text")
 
-        self._occupy(provider)
-        events: AsyncIterator[bytes] | None = None
+        return self._attempts(job, attempt, True)
+
+    async def _texts(self, request: CSSRequest, streamed: Streamed) -> AsyncIterator[str]:
+        deadline_at = asyncio.get_running_loop().time() + self.settings.stream_deadline
+        try:
+            job = self._job(request, deadline_at)
+            upstream, first = await self._stream_start(job)
+        except _FALLS_BACK as exc:
+            (upstream, first), job = await self._fall_back(request, exc, deadline_at, self._stream_start)
+        provider = job.provider
+        streamed.provider, streamed.model = provider, job.request.model
         sent = 0
         try:
-            upstream, first = await self._attempts(job, attempt, True, deadline)
-            events = upstream
             if first:
                 yield first
                 sent += 1
@@ -283,16 +303,15 @@ class Workflow:
                         data = await anext(upstream)
                     except StopAsyncIteration:
                         return
-                if text := text_of(data):
+                if text := _text_of(job, data):
                     yield text
                     sent += 1
         except (TimeoutError, ProviderBadResponse, ProviderUnreachable) as exc:
-            logger.warning("%s stream ended after %d chunk(s): %s", spec.name, sent, job.describe(exc))
+            logger.warning("%s stream ended after %d chunk(s): %s", provider.spec.name, sent, job.describe(exc))
             raise
         finally:
             provider.in_flight -= 1
-            if events is not None:
-                await _close(events)
+            await _close(upstream)
 
 
 async def _prepend(first: str | None, rest: AsyncIterator[str]) -> AsyncGenerator[str, None]:

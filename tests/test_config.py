@@ -124,6 +124,31 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     assert read_dotenv(tmp_path / "missing.env") == {}
 
 
+def test_dotenv_is_parsed_as_python_dotenv_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/someone")  # would be substituted if `$` were expanded
+    monkeypatch.setenv("B", "from-the-process")  # `environ=` is the environment, not the process's
+    dotenv = tmp_path / ".env"
+    dotenv.write_text(
+        'A="quoted" # comment\n'
+        "export B=1\n"
+        "S='single # not a comment'\n"
+        "C=value # comment\n"
+        "D=pa$$word$HOME\n"
+        'E="${HOME}/x"\n'
+        "F='$HOME'\n"
+        'G="two\\nlines"\n'
+        "H=kept-from-dotenv\n",
+        encoding="utf-8",
+    )
+    expected = {"A": "quoted", "B": "1", "S": "single # not a comment", "C": "value", "D": "pa$$word$HOME",
+                "E": "${HOME}/x", "F": "$HOME", "G": "two\nlines", "H": "kept-from-dotenv"}
+    assert read_dotenv(dotenv) == expected
+    loaded = load_settings(environ={"A": "from-the-environment"}, dotenv=dotenv)
+    assert loaded.get("A") == "from-the-environment"  # the environment wins
+    for name in ("B", "C", "S", "D", "E", "F", "G", "H"):
+        assert loaded.get(name) == expected[name], name
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

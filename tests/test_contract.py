@@ -1,4 +1,4 @@
-"""Every row of DESIGN.md's container contract, for OpenAI, over real sockets.
+"""Every row of the container contract (README: Requests), for OpenAI, over real sockets.
 
 The service runs under uvicorn on a loopback port (see `conftest.serve`) in front of the
 provider double; nothing here mocks the network.

@@ -7,15 +7,17 @@ keeps the failures it finds in its database and replays them first).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from eth_abi.abi import encode
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from litestar.testing import TestClient
 
 from css_core import codec
+from css_core.app import Service, create_app
 from css_core.config import load_settings
 from css_core.errors import CSSError, InvalidJob
 from css_core.job import decode_job
@@ -32,7 +34,17 @@ SETTINGS = load_settings(
     dotenv=None,
 )
 REGISTRY = build_registry(SETTINGS)
-WORKFLOW = Workflow(REGISTRY, SETTINGS, httpx.AsyncClient())
+
+
+@pytest.fixture(scope="module")
+def workflow() -> Iterator[Workflow]:
+    """The workflow of the real app, `create_app(SETTINGS, REGISTRY)`, as its lifespan builds it
+    (with the worker's HTTP client); the app is started, but no job is sent through it."""
+    app = create_app(SETTINGS, REGISTRY)
+    with TestClient(app):
+        service: Service = app.state.service
+        yield service.service_output.workflow
+
 
 # -- the on-chain codec ---------------------------------------------------------------------------------
 
@@ -150,11 +162,11 @@ bodies = jobs.map(lambda body: json.dumps(body).encode()) | json_values.map(lamb
 
 @FAST
 @given(bodies | st.binary(max_size=200))
-def test_any_body_is_a_job_or_a_css_error(body: bytes) -> None:
+def test_any_body_is_a_job_or_a_css_error(workflow: Workflow, body: bytes) -> None:
     """What `decode_job` and the workflow's `prepare` accept or refuse: only `CSSError`s, never a crash."""
     try:
         job = decode_job(body, REGISTRY, SETTINGS)
-        WORKFLOW.prepare(job.request)
+        workflow.prepare(job.request)
     except CSSError as exc:
         assert 400 <= exc.status < 500, exc
         assert exc.message

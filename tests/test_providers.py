@@ -1,6 +1,6 @@
 """PerplexityAI and GooseAI through the real service, over real sockets, and model catalogues.
 
-Each row of DESIGN.md's container contract runs once per provider plugin (test ids carry
+Each row of the container contract runs once per provider plugin (test ids carry
 the provider's name, so `-k GOOSEAI` selects one plugin's tests); a row skips when its
 plugin is not installed. The service runs under uvicorn on a loopback port (see
 `conftest.serve`) in front of the provider double. The last section tests the operator's

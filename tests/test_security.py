@@ -11,6 +11,12 @@ import httpx
 import msgspec
 import pytest
 
+from css_core import openai_format
+from css_core.config import Settings
+from css_core.errors import ProviderHTTPError
+from css_core.hookspecs import hookimpl
+from css_core.plugins import plugin_manager
+from css_core.types import CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
 from tests.conftest import (
     ONCHAIN,
     STREAM,
@@ -193,3 +199,102 @@ def fail_in_every_way(run: Scenario) -> None:
         assert 400 <= response.status_code < 500, response.text
     for path in ("/", "/service-resources", "/service-resources?model_id=OPENAI/gpt-4"):
         run.keep(run.http.get(run.url + path))
+
+
+# -- keys never leak through a plugin: its reading of the provider's errors, its own failures ----------------
+
+
+class Acme:
+    """An OpenAI-compatible provider at the double whose errors are `{"problem": ..., "kind": ...}`;
+    it knows its key (read in `css_provider`), as a plugin making calls of its own would."""
+
+    def __init__(self, fails_in: str | None = None) -> None:
+        self.fails_in = fails_in
+        self.key = ""
+
+    @hookimpl
+    def css_provider(self, config: Settings) -> ProviderSpec:
+        self.key = config.get("ACME_API_KEY") or ""
+        return ProviderSpec(name="ACME", onchain_id=70, api_key_env="ACME_API_KEY",
+                            default_base_url="http://acme.invalid")
+
+    @hookimpl
+    def css_encode_params(self, request: CSSRequest) -> ProviderCall | None:
+        return openai_format.chat_call(request)
+
+    @hookimpl
+    def css_read_error(self, status: int, body: bytes) -> ProviderHTTPError | None:
+        error = msgspec.json.decode(body)
+        if not isinstance(error, dict) or "problem" not in error:
+            return None
+        kind = error.get("kind")
+        return ProviderHTTPError(status, error["problem"], retryable=True if kind == "busy" else None,
+                                 key_refused=True if kind == "bad_key" else None)
+
+    @hookimpl(tryfirst=True)
+    def css_call(self, call: PreparedCall) -> None:
+        if self.fails_in == "css_call":
+            raise RuntimeError(f"could not sign the call with {call.headers['authorization']}")
+
+    @hookimpl
+    def css_postprocess(self, body: bytes) -> Result | None:
+        if self.fails_in == "css_postprocess":
+            raise TypeError(f"the answer does not fit the key {self.key}")
+        return openai_format.chat_result(body)
+
+
+@pytest.fixture
+def serve_acme(double: ProviderDouble, serve: Callable[..., str]) -> Callable[[Acme], str]:
+    """Serve one `Acme` at the double, with LEAK_KEY as its key (which the double expects)."""
+    double.api_key = LEAK_KEY
+
+    def start(plugin: Acme) -> str:
+        pm, _, _ = plugin_manager(load_entry_points=False)
+        pm.register(plugin, name="acme")
+        env = {"ACME_API_KEY": LEAK_KEY, "ACME_BASE_URL": f"{double.url}/acme",
+               **service_env(double, OPENAI_API_KEY=LEAK_KEY, CSS_REQUEST_TRIES=str(TRIES))}
+        return serve(env, plugins=(pm, {}, []))
+
+    return start
+
+
+def acme_job() -> dict[str, Any]:
+    return job(chat(provider="ACME"))
+
+
+def test_a_provider_error_echoing_the_key_read_by_a_plugin_leaks_nowhere(
+    double: ProviderDouble, serve_acme: Callable[[Acme], str], http: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    def echo(kind: str) -> bytes:
+        return msgspec.json.encode({"problem": f"the key {LEAK_KEY} is no good", "kind": kind})
+
+    url = serve_acme(Acme())
+    answers: list[httpx.Response] = []
+    with caplog.at_level(logging.INFO):
+        for faults, status in [
+            ([Fault.status(400, body=echo("bad_key"))], 502),  # the key refused
+            ([Fault.status(418, body=echo("busy"))] * TRIES, 502),  # retried, then given up
+            ([Fault.status(418, body=echo("busy"))], 200),  # retried, then served
+            ([Fault.status(422, body=echo("invalid"))], 400),  # rejected
+        ]:
+            double.script(*faults)
+            answers.append(response := post_job(http, url, acme_job()))
+            assert response.status_code == status, response.text
+    assert "retrying" in caplog.text and "job failed" in caplog.text  # the provider's words were logged
+    assert all("is no good" in r.text for r in answers if r.status_code != 200)  # and passed on
+    for text in [caplog.text, *(f"{r.headers!r} {r.text}" for r in answers)]:
+        assert leaks(text, LEAK_KEY) == [], text
+
+
+@pytest.mark.parametrize("hook", ["css_postprocess", "css_call"])
+def test_a_plugin_failure_whose_message_holds_the_key_leaks_nowhere(
+    double: ProviderDouble, serve_acme: Callable[[Acme], str], http: httpx.Client, caplog: pytest.LogCaptureFixture,
+    hook: str,
+) -> None:
+    url = serve_acme(Acme(fails_in=hook))
+    with caplog.at_level(logging.INFO):
+        response = post_job(http, url, acme_job())
+    assert response.status_code == 500, response.text
+    assert "Traceback" in caplog.text  # the failure was logged, with its traceback
+    assert leaks(f"{response.headers!r} {response.text}", LEAK_KEY) == [], response.text
+    assert leaks(caplog.text, LEAK_KEY) == [], caplog.text
