@@ -16,7 +16,6 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any
 
-import msgspec
 from litestar import Litestar, Request, Response, Router, asgi, get
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException
@@ -29,7 +28,7 @@ from css_core.budgets import Budgets
 from css_core.config import Settings, load_settings
 from css_core.errors import CSSError, Unauthorized
 from css_core.health import NotReady, Readiness
-from css_core.messages import ErrorBody
+from css_core.messages import ErrorBody, encode_json
 from css_core.metrics import CONTENT_TYPE, Metrics
 from css_core.openapi import JSON, JSON_OBJECT, document_service_output, errors
 from css_core.plugins import Registry, build_registry
@@ -42,7 +41,6 @@ from css_core.workflow import Workflow
 __all__ = ("Service", "bearer_guard", "create_app")
 
 logger = logging.getLogger("css_core.app")
-_encode = msgspec.json.Encoder().encode
 INTERNAL_ERROR = "internal error in the service; its log has the details"
 
 
@@ -57,7 +55,7 @@ class Service:
         self.budgets = Budgets.from_settings(settings)
         self.recorder = Recorder(registry, self.metrics, self.budgets)
         self.service_output = ServiceOutput(settings, registry, Workflow(registry, settings, http), self.recorder)
-        self.resources = _encode(service_resources(registry))
+        self.resources = encode_json(service_resources(registry))
         self._index = {
             "service": SERVICE_ID,
             "version": __version__,
@@ -69,7 +67,7 @@ class Service:
         """`GET /`: what is served, and each provider's keys as this worker sees them now
         (`usable`: neither cooling down after a 429 nor set aside after a refusal)."""
         keys = {p.spec.name: {"total": p.pool.total, "usable": p.pool.usable()} for p in self.registry.providers}
-        return _encode({**self._index, "keys": keys})
+        return encode_json({**self._index, "keys": keys})
 
     async def metrics_text(self) -> bytes:
         """`GET /metrics`: every worker's series, and the budgets' use read from their store now."""
@@ -86,7 +84,7 @@ class Service:
 
 
 def _error(status: int, description: str, headers: dict[str, str] | None = None) -> Response[bytes]:
-    body = _encode(ErrorBody(code=str(status), name=HTTPStatus(status).phrase, description=description))
+    body = encode_json(ErrorBody(code=str(status), name=HTTPStatus(status).phrase, description=description))
     return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
@@ -141,11 +139,11 @@ async def resources(request: Request[Any, Any, Any]) -> Response[bytes]:
     model_id = request.query_params.get("model_id")  # read here: Litestar deprecates inferred query params
     if model_id is None:
         return Response(service.resources, media_type=JSON)
-    return Response(_encode({"supported": is_supported(service.registry, model_id)}), media_type=JSON)
+    return Response(encode_json({"supported": is_supported(service.registry, model_id)}), media_type=JSON)
 
 
-_OK = _encode({"status": "ok"})
-_READY = _encode({"status": "ready"})
+_OK = encode_json({"status": "ok"})
+_READY = encode_json({"status": "ready"})
 
 
 @get("/health", media_type=JSON, responses={200: JSON_OBJECT})

@@ -17,9 +17,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
-
 from css_core import request_id
+from css_core.messages import encode_json
 
 __all__ = ("JOB_FIELDS", "JsonFormatter", "TextFormatter", "logging_config")
 
@@ -27,7 +26,6 @@ __all__ = ("JOB_FIELDS", "JsonFormatter", "TextFormatter", "logging_config")
 JOB_FIELDS = "css_job"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _PLAIN = re.compile(r"[\w.:/@+-]*")  # a text value shown as is; any other is quoted
-_encode = msgspec.json.Encoder().encode
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,7 +46,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return _encode(entry).decode()
+        return encode_json(entry).decode()
 
 
 class TextFormatter(logging.Formatter):
@@ -67,7 +65,7 @@ def _text(value: object) -> str:
     if not isinstance(value, str):
         return str(value)  # a number
     # a job's model name may hold spaces or line breaks: quoted, it cannot fake another field or line
-    return value if _PLAIN.fullmatch(value) else _encode(value).decode()
+    return value if _PLAIN.fullmatch(value) else encode_json(value).decode()
 
 
 def logging_config(log_format: str, level: str = "INFO") -> dict[str, Any]:

@@ -17,7 +17,11 @@ __all__ = (
     "OffchainRequest",
     "OnchainOutput",
     "Params",
+    "encode_json",
 )
+
+#: JSON of any message (one encoder, built once, for every answer and log line).
+encode_json = msgspec.json.Encoder().encode
 
 
 class JobLocation(IntEnum):

@@ -21,14 +21,13 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-import msgspec
 from litestar.exceptions import MethodNotAllowedException
 
 from css_core.codec import encode_result
 from css_core.config import Settings
 from css_core.errors import PayloadTooLarge, UnsupportedMediaType
 from css_core.job import decode_job
-from css_core.messages import JobLocation, OffchainOutput, OnchainOutput
+from css_core.messages import JobLocation, OffchainOutput, OnchainOutput, encode_json
 from css_core.plugins import Provider, Registry
 from css_core.record import JobRecord, Recorder
 from css_core.workflow import Workflow
@@ -39,7 +38,6 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
-_encode = msgspec.json.Encoder().encode
 _JSON = (b"content-type", b"application/json")
 _TEXT = (b"content-type", b"text/plain; charset=utf-8")
 _clock = time.perf_counter
@@ -157,7 +155,7 @@ class ServiceOutput:
             output: Any = OnchainOutput(raw_input=job.raw_input, raw_output=encode_result(result).hex())
         else:
             output = OffchainOutput(result)
-        body = _encode(output)
+        body = encode_json(output)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [_JSON, (b"content-length", b"%d" % len(body)), *_served_by(provider, model)]})
         await send({"type": "http.response.body", "body": body})
