@@ -105,20 +105,20 @@ def test_stream_past_the_deadline_breaks_the_response(
 
 
 def test_client_disconnect_closes_the_provider_stream(double: ProviderDouble, url: str, http: httpx.Client) -> None:
-    double.chunk_delay, double.stream_chunks = 0.1, 20  # about 2 s if read to the end
+    double.chunk_delay, double.stream_chunks = 0.5, 40  # about 20 s if read to the end
     with http.stream("POST", f"{url}/service_output", json=STREAM_JOB) as response:
         assert response.status_code == 200
         next(response.iter_raw())
     # leaving the block closes the connection mid-stream; the service must hang up upstream
-    assert double.wait_for_streams(1, timeout=1.5) == ["client_closed"]
+    assert double.wait_for_streams(1, timeout=15) == ["client_closed"]
 
 
 def test_client_disconnect_is_noticed_before_the_providers_next_event(
     double: ProviderDouble, url: str, http: httpx.Client
 ) -> None:
-    double.chunk_delay, double.stream_chunks = 3.0, 4  # a slow provider: one event every 3 s
+    double.chunk_delay, double.stream_chunks = 4.5, 3  # a slow provider (within the 5 s read timeout)
     with http.stream("POST", f"{url}/service_output", json=STREAM_JOB) as response:
         assert response.status_code == 200
         next(response.iter_raw())
-    # not at the service's next write (3 s away): the provider's stream is closed at once
-    assert double.wait_for_streams(1, timeout=1.5) == ["client_closed"]
+    # not at the service's next write (4.5 s away): the provider's stream is closed at once
+    assert double.wait_for_streams(1, timeout=4) == ["client_closed"]
