@@ -15,6 +15,7 @@ from here.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -87,11 +88,23 @@ def service_env(double: ProviderDouble, **overrides: str | None) -> dict[str, st
 # -- the service in this process -----------------------------------------------------------------
 
 
+# pytest workers (pytest-xdist) each take ports from a range of their own: a port found free
+# is closed again before the service binds it, and the kernel may hand the same one to the
+# other worker meanwhile; below the ephemeral range, so no client socket takes it either
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_PORTS = range(12000 + 4000 * (_WORKER % 4), 16000 + 4000 * (_WORKER % 4))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A loopback port no other service of this test run binds."""
+    for port in random.sample(_PORTS, 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free loopback port in {_PORTS}")
 
 
 class InProcessServer:
