@@ -187,12 +187,6 @@ class JobRecord:
             self.endpoint = request.endpoint if request.endpoint in provider.endpoints else "other"
         self.target_model = request.model
 
-    async def admit_own(self) -> None:
-        """Check and count the budgets of the job's own provider and model (when it is served here)."""
-        recorder = self._recorder
-        if recorder is not None and recorder.budgets is not None and self.provider.served:
-            await self.admit(self.provider.name, self.job_model)
-
     def enter(self) -> None:
         """The job is handed to the workflow."""
         recorder = self._recorder

@@ -107,9 +107,6 @@ class ServiceOutput:
         self.registry = registry
         self.workflow = workflow
         self.recorder = recorder or Recorder(registry)
-        # The budgets of the job's own provider are checked here until the workflow checks
-        # each target itself, before its first attempt there (`JobRecord.admit`), and says so.
-        self._admits = not getattr(workflow, "admits_budgets", False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = self.recorder.start(scope)
@@ -129,8 +126,6 @@ class ServiceOutput:
             raise UnsupportedMediaType(f"the job must be sent as `Content-Type: application/json` (got {shown})")
         job = decode_job(await self._body(scope, receive), self.registry, self.settings)
         record.job(job.request, job.destination)
-        if self._admits:
-            await record.admit_own()
         with _CancelOnDisconnect(receive) as watch:
             record.enter()
             began = _clock()

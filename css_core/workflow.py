@@ -103,9 +103,8 @@ def _text_of(job: JobAttempts, data: bytes) -> str:
 
 class Workflow:
     """Runs jobs for one worker, with its pooled HTTP client; reports each job's attempts,
-    waits and fallbacks to its record (`css_core.record`), which also admits it to its budgets."""
-
-    admits_budgets = True  # per provider and model, so a job over budget can fall back
+    waits and fallbacks to its record (`css_core.record`), which also admits it to its budgets
+    per provider and model, so a job over budget can fall back."""
 
     def __init__(self, registry: Registry, settings: Settings, http: ProviderHTTP) -> None:
         self.registry = registry
