@@ -12,7 +12,7 @@ policy, each field is taken from the first of these that sets it:
 Beyond the reference container's variables, the service reads its own limits: `CSS_MAX_BODY_BYTES`
 (largest job body, default 4 MiB), `CSS_MAX_MESSAGES` (per job, default 1024),
 `CSS_MAX_IN_FLIGHT` (calls open to one provider per worker before new jobs get 503,
-default 512), `CSS_BEARER_TOKEN` (when set, `/service_output` and `/service-resources`
+default 2048), `CSS_BEARER_TOKEN` (when set, `/service_output` and `/service-resources`
 require `Authorization: Bearer <token>`) and `CSS_SHUTDOWN_GRACE` (seconds calls in
 flight may take to finish after SIGTERM, default 30).
 
@@ -88,7 +88,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     job_deadline: float = 150.0
     max_body_bytes: int = 4 * 1024 * 1024
     max_messages: int = 1024
-    max_in_flight: int = 512
+    max_in_flight: int = 2048
     bearer_token: str | None = None
     shutdown_grace: float = 30.0
     models: dict[str, tuple[str, ...]] = {}  # by upper-case provider name: replaces its catalogue

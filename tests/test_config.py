@@ -41,7 +41,7 @@ def test_defaults() -> None:
     assert loaded.retry == RetryPolicy(tries=3, delay=3.0, max_delay=10.0, backoff=2.0, jitter=(0.5, 1.5))
     assert (loaded.request_timeout, loaded.job_deadline, loaded.stream_deadline) == (60.0, 150.0, 55.0)
     assert loaded.get("OPENAI_API_KEY") is None
-    assert (loaded.max_body_bytes, loaded.max_messages, loaded.max_in_flight) == (4 * 1024 * 1024, 1024, 512)
+    assert (loaded.max_body_bytes, loaded.max_messages, loaded.max_in_flight) == (4 * 1024 * 1024, 1024, 2048)
     assert (loaded.bearer_token, loaded.shutdown_grace) == (None, 30.0)
 
 
