@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,32 @@ class InProcessServer:
 
 
 PluginSetup = tuple[pluggy.PluginManager, dict[str, Any], list[str]]
+
+
+@pytest.fixture(scope="module")
+def shared() -> PluginSetup:
+    """One plugin manager for the module, as a service's is; each test registers its plugins."""
+    return plugin_manager(load_entry_points=False)
+
+
+@pytest.fixture
+def pm(shared: PluginSetup) -> Iterator[pluggy.PluginManager]:
+    yield shared[0]
+    leaked = [name for name, _ in shared[0].list_name_plugin() if not name.startswith("css_core.default_call")]
+    assert leaked == [], "a plugin leaked"
+
+
+@contextmanager
+def registered(pm: pluggy.PluginManager, **named: object) -> Iterator[None]:
+    """Register plugins under the given names for the block, then unregister them."""
+    for name, plugin in named.items():
+        pm.register(plugin, name=name)
+    try:
+        yield
+    finally:
+        for name in named:
+            if pm.get_plugin(name) is not None:  # build_registry drops a plugin that fails
+                pm.unregister(name=name)
 
 
 @pytest.fixture(scope="session")

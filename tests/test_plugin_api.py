@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from css_core.errors import ConfigError, ProviderHTTPError
 from css_core.hookspecs import hookimpl
 from css_core.plugins import PluginInfo, build_registry, plugin_manager
 from css_core.types import JOB_FIELDS, CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
-from tests.conftest import KEY, PluginSetup, assert_error, chat, job, post_job, service_env
+from tests.conftest import KEY, assert_error, chat, job, post_job, registered, service_env
 from tests.helpers import requires_plugin
 from tests.provider_double import Fault, ProviderDouble, Route
 
@@ -59,32 +58,6 @@ KW_ARGS = '{"top_p": 0.7, "ACME": {"max_tokens": 20}}'
 EXTRA_ARGS = {"max_tokens": 30, "seed": 1}
 OPERATOR_OPTIONS = {"temperature": 0.5, "top_p": 0.7, "max_tokens": 20}
 JOB_OPTIONS = {"temperature": 0.5, "top_p": 0.7, "max_tokens": 30, "seed": 1}
-
-
-@pytest.fixture(scope="module")
-def shared() -> PluginSetup:
-    """One plugin manager for the module, as a service's is; each test registers its plugins."""
-    return plugin_manager(load_entry_points=False)
-
-
-@pytest.fixture
-def pm(shared: PluginSetup) -> Iterator[pluggy.PluginManager]:
-    yield shared[0]
-    leaked = [name for name, _ in shared[0].list_name_plugin() if not name.startswith("css_core.default_call")]
-    assert leaked == [], "a plugin leaked"
-
-
-@contextmanager
-def registered(pm: pluggy.PluginManager, **named: object) -> Iterator[None]:
-    """Register plugins under the given names for the block, then unregister them."""
-    for name, plugin in named.items():
-        pm.register(plugin, name=name)
-    try:
-        yield
-    finally:
-        for name in named:
-            if pm.get_plugin(name) is not None:  # build_registry drops a plugin that fails
-                pm.unregister(name=name)
 
 
 def acme_env(double: ProviderDouble, **overrides: str | None) -> dict[str, str]:

@@ -12,7 +12,6 @@ import importlib.metadata
 import inspect
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +30,12 @@ from tests.conftest import (
     KEY,
     ONCHAIN,
     STREAM,
-    PluginSetup,
     assert_error,
     chat,
     job,
     onchain_hex,
     post_job,
+    registered,
     service_env,
 )
 from tests.helpers import requires_plugin
@@ -187,32 +186,6 @@ class Misspelt:
     @hookimpl
     def css_encode_param(self, request: CSSRequest) -> None:
         return None
-
-
-@pytest.fixture(scope="module")
-def shared() -> PluginSetup:
-    """One plugin manager for the module, as a service's is; each test registers its plugins."""
-    return plugin_manager(load_entry_points=False)
-
-
-@pytest.fixture
-def pm(shared: PluginSetup) -> Iterator[pluggy.PluginManager]:
-    yield shared[0]
-    leaked = [name for name, _ in shared[0].list_name_plugin() if not name.startswith("css_core.default_call")]
-    assert leaked == [], "a plugin leaked"
-
-
-@contextmanager
-def registered(pm: pluggy.PluginManager, **named: object) -> Iterator[None]:
-    """Register plugins under the given names for the block, then unregister them."""
-    for name, plugin in named.items():
-        pm.register(plugin, name=name)
-    try:
-        yield
-    finally:
-        for name in named:
-            if pm.get_plugin(name) is not None:  # build_registry drops a plugin that fails
-                pm.unregister(name=name)
 
 
 def settings(double: ProviderDouble | None = None, **environ: str) -> Settings:
