@@ -21,6 +21,7 @@ from css_core.types import (
     ProviderCall,
     ProviderSpec,
     Result,
+    Usage,
 )
 
 __all__ = (
@@ -38,6 +39,7 @@ __all__ = (
     "ProviderUnreachable",
     "Result",
     "Settings",
+    "Usage",
     "__version__",
     "hookimpl",
     "openai_format",

@@ -91,6 +91,8 @@ class JobAttempts:
     fallbacks: Fallbacks | None = None
     policy: AsyncRetrying | None = None
     retry_policy = RetryPolicy()
+    last_event: bytes | None = None  # a stream's last event with text, whose usage is read when it ends
+    input_tokens = output_tokens = 0  # the usage the answer reports (a stream's: the largest of its events')
 
     def __init__(self, provider: Provider, request: CSSRequest) -> None:
         self.provider = provider
@@ -247,6 +249,24 @@ class JobAttempts:
             f"the {provider.spec.name} plugin ({provider.plugin}) failed on the {what}: {self.scrub(repr(exc))}; "
             "the service's log has its traceback"
         )
+
+    def read_usage(self, data: bytes) -> None:
+        """Note the tokens an answer's body or a stream's event reports (`css_usage`). A plugin that
+        cannot read them is logged: the job keeps its answer, uncounted."""
+        try:
+            usage = self.provider.hooks.usage(spec=self.provider.spec, request=self.request, data=data)
+        except Exception as exc:
+            logger.warning("the plugin of %s (%s) could not read the answer's usage: %s", self.provider.spec.name,
+                           self.provider.plugin, self.scrub(repr(exc)))
+            return
+        if usage is not None:
+            self.input_tokens = max(self.input_tokens, usage.input_tokens)
+            self.output_tokens = max(self.output_tokens, usage.output_tokens)
+
+    async def report_usage(self) -> None:
+        """Report the answer's usage to the job's record (its metrics and token budgets), if any."""
+        if self.input_tokens or self.output_tokens:
+            await current().usage(self.input_tokens, self.output_tokens)
 
     async def events(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """A stream's event payloads, its failures as the workflow knows them."""

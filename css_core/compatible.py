@@ -9,9 +9,10 @@
 `base_url` is required; `api_key_env` (the variable holding its key, or several
 comma-separated), `onchain_id` (0-255; without it the provider serves off-chain jobs
 only), `endpoints` (default `["completions"]`) and `models` (its catalogue, default none)
-are optional. A provider without `api_key_env` is called without an `Authorization`
-header (a local server such as vLLM or Ollama). As for a plugin's provider,
-`<NAME>_BASE_URL` replaces `base_url` when set.
+are optional, as is `stream_usage` (default true: a stream asks for its usage with
+`stream_options.include_usage`; false for a server that refuses that field). A provider
+without `api_key_env` is called without an `Authorization` header (a local server such as
+vLLM or Ollama). As for a plugin's provider, `<NAME>_BASE_URL` replaces `base_url` when set.
 
 `build_registry` registers one `CompatiblePlugin` per entry on the plugin manager, so each
 is served exactly like an installed plugin that speaks OpenAI's wire format.
@@ -28,7 +29,7 @@ import msgspec
 from css_core import openai_format
 from css_core.errors import ConfigError
 from css_core.hookspecs import hookimpl
-from css_core.types import CSSRequest, ProviderCall, ProviderSpec, Result
+from css_core.types import CSSRequest, ProviderCall, ProviderSpec, Result, Usage
 
 __all__ = ("EXPECTED", "NO_ONCHAIN_ID", "VARIABLE", "CompatiblePlugin", "CompatibleProvider", "parse_compatible")
 
@@ -49,6 +50,7 @@ class CompatibleProvider(msgspec.Struct, frozen=True, forbid_unknown_fields=True
         "completions",
     )
     models: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = ()
+    stream_usage: bool = True
 
 
 def parse_compatible(raw: Mapping[str, CompatibleProvider]) -> dict[str, CompatibleProvider]:
@@ -79,6 +81,7 @@ class CompatiblePlugin:
             endpoints=entry.endpoints,
             models=entry.models,
         )
+        self.stream_usage = entry.stream_usage
 
     @hookimpl
     def css_provider(self) -> ProviderSpec:
@@ -87,7 +90,7 @@ class CompatiblePlugin:
     @hookimpl
     def css_encode_params(self, request: CSSRequest) -> ProviderCall | None:
         if request.endpoint == "completions":
-            return openai_format.chat_call(request)
+            return openai_format.chat_call(request, stream_usage=self.stream_usage)
         if request.endpoint == "embeddings":
             return openai_format.embeddings_call(request)
         return None
@@ -101,3 +104,7 @@ class CompatiblePlugin:
     @hookimpl
     def css_parse_stream_event(self, data: bytes) -> str | None:
         return openai_format.chat_stream_text(data)
+
+    @hookimpl
+    def css_usage(self, data: bytes) -> Usage | None:
+        return openai_format.usage(data)

@@ -9,7 +9,8 @@ plugins registered later, or marked `tryfirst`, are asked first.
 
 Each hook may omit arguments it does not need, as with any pluggy hook. A plugin for a
 JSON-over-HTTP provider implements `css_provider`, `css_encode_params` and
-`css_postprocess` (and `css_parse_stream_event` to stream); the others have defaults.
+`css_postprocess` (and `css_parse_stream_event` to stream, `css_usage` to count tokens); the
+others have defaults.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     from css_core.config import Settings
     from css_core.errors import ProviderHTTPError
-    from css_core.types import CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
+    from css_core.types import CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result, Usage
 
 __all__ = (
     "PROJECT",
@@ -36,6 +37,7 @@ __all__ = (
     "css_postprocess",
     "css_provider",
     "css_read_error",
+    "css_usage",
     "hookimpl",
     "hookspec",
 )
@@ -154,4 +156,19 @@ def css_parse_stream_event(spec: ProviderSpec, request: CSSRequest, data: bytes)
     carries no text (a role-only delta, a keep-alive) and is skipped. Raise
     `ProviderBadResponse` for an event that cannot be read or that reports an error: before
     the first text it is retried like a 5xx; after it, the stream ends as a cut stream.
+    """
+
+
+@hookspec(firstresult=True)
+def css_usage(spec: ProviderSpec, request: CSSRequest, data: bytes) -> Usage | None:
+    """Read the tokens an answer used, as the provider reports them.
+
+    Called with the body of each successful non-stream answer, after `css_postprocess`. For
+    a stream, called with each event payload that carries no text, and with the stream's
+    last event: the stream's usage is the largest count of each kind its events report,
+    since providers report running totals (OpenAI's last chunk when asked with
+    `stream_options.include_usage`, Anthropic's `message_start` and `message_delta`, Gemini's
+    `usageMetadata`). The tokens feed `gen_ai_client_token_usage` and the token budgets
+    (`CSS_BUDGETS`). `None`: the data reports no usage. A failure to read it is logged and
+    the job keeps its answer.
     """

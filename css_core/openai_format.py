@@ -10,9 +10,9 @@ from typing import Any
 
 import msgspec
 
-from css_core.types import CSSRequest, ProviderCall
+from css_core.types import CSSRequest, ProviderCall, Usage
 
-__all__ = ("chat_call", "chat_result", "chat_stream_text", "embeddings_call", "embeddings_result")
+__all__ = ("chat_call", "chat_result", "chat_stream_text", "embeddings_call", "embeddings_result", "usage")
 
 
 class _Message(msgspec.Struct):
@@ -47,17 +47,34 @@ class _Embeddings(msgspec.Struct):
     data: list[_Embedding]
 
 
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _WithUsage(msgspec.Struct):
+    usage: _Usage | None = None
+
+
 _chat = msgspec.json.Decoder(_ChatCompletion)
 _chunk = msgspec.json.Decoder(_ChatCompletionChunk)
 _embeddings = msgspec.json.Decoder(_Embeddings)
+_usage = msgspec.json.Decoder(_WithUsage)
 
 
-def chat_call(request: CSSRequest, path: str = "/chat/completions") -> ProviderCall:
-    """`POST {base}/chat/completions` with `{model, messages}`, and `"stream": true` for a stream."""
+def chat_call(request: CSSRequest, path: str = "/chat/completions", *, stream_usage: bool = False) -> ProviderCall:
+    """`POST {base}/chat/completions` with `{model, messages}`, and `"stream": true` for a stream.
+
+    `stream_usage`: a stream also asks for its usage (`"stream_options": {"include_usage":
+    true}`), which OpenAI sends in a last chunk without choices; a provider that reports
+    usage in its chunks unasked, or refuses the field, leaves it out.
+    """
     messages = [{"role": m.role, "content": m.content} for m in request.messages]
     body: dict[str, Any] = {"model": request.model, "messages": messages}
     if request.stream:
         body["stream"] = True
+        if stream_usage:
+            body["stream_options"] = {"include_usage": True}
     return ProviderCall(path, body)
 
 
@@ -80,3 +97,9 @@ def embeddings_call(request: CSSRequest, path: str = "/embeddings") -> ProviderC
 def embeddings_result(body: bytes) -> list[float]:
     """`data[0].embedding` of an embeddings answer."""
     return _embeddings.decode(body).data[0].embedding
+
+
+def usage(data: bytes) -> Usage | None:
+    """`usage.prompt_tokens` and `usage.completion_tokens` of an answer or a streamed chunk."""
+    found = _usage.decode(data).usage
+    return None if found is None else Usage(found.prompt_tokens, found.completion_tokens)

@@ -59,6 +59,7 @@ class Hooks:
     read_error: pluggy.HookCaller
     postprocess: pluggy.HookCaller
     parse_stream_event: pluggy.HookCaller
+    usage: pluggy.HookCaller
 
 
 def _hooks(pm: pluggy.PluginManager, others: list[object]) -> Hooks:
@@ -73,6 +74,7 @@ def _hooks(pm: pluggy.PluginManager, others: list[object]) -> Hooks:
         read_error=caller("css_read_error"),
         postprocess=caller("css_postprocess"),
         parse_stream_event=caller("css_parse_stream_event"),
+        usage=caller("css_usage"),
     )
 
 

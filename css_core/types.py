@@ -19,6 +19,7 @@ __all__ = (
     "ProviderCall",
     "ProviderSpec",
     "Result",
+    "Usage",
 )
 
 #: What a job produces: a completion's text, or an embedding.
@@ -114,3 +115,10 @@ class PreparedCall(msgspec.Struct, frozen=True):
     headers: dict[str, str]
     content: bytes
     timeout: float = 60.0
+
+
+class Usage(msgspec.Struct, frozen=True):
+    """The tokens an answer used, as its provider reports them (`css_usage`)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0

@@ -228,6 +228,7 @@ class Workflow:
             result: Result | None = job.plugin_step(hooks.postprocess, "answer", request=request, body=body)
             if result is None:
                 raise ProviderBadResponse("the answer holds no result")
+            job.read_usage(body)
             return result
 
         return self._attempts(job, attempt, False)
@@ -240,6 +241,7 @@ class Workflow:
             result = await self._result(job)
         except _FALLS_BACK as exc:
             result, job = await self._fall_back(request, exc, deadline_at, self._result)
+        await job.report_usage()
         return Served(result, job.provider, job.request.model)
 
     # -- a job's stream ---------------------------------------------------------------------------------------
@@ -268,10 +270,13 @@ class Workflow:
         async def attempt() -> tuple[AsyncIterator[bytes], str]:
             source = job.events(hooks.call_stream(spec=spec, call=job.call(timeout), client=client,
                                                   transport=transport))
+            job.input_tokens = job.output_tokens = 0  # a failed attempt's usage is not the answer's
             try:
                 async for data in source:
                     if text := _text_of(job, data):
+                        job.last_event = data
                         return source, text
+                    job.read_usage(data)
             except BaseException:
                 await _close(source)
                 raise
@@ -301,16 +306,23 @@ class Workflow:
                     try:
                         data = await anext(upstream)
                     except StopAsyncIteration:
+                        if job.last_event is not None:
+                            job.read_usage(job.last_event)
                         return
                 if text := _text_of(job, data):
+                    job.last_event = data
                     yield text
                     sent += 1
+                else:
+                    job.last_event = None
+                    job.read_usage(data)
         except (TimeoutError, ProviderBadResponse, ProviderUnreachable) as exc:
             logger.warning("%s stream ended after %d chunk(s): %s", provider.spec.name, sent, job.describe(exc))
             raise
         finally:
             provider.in_flight -= 1
             await _close(upstream)
+            await job.report_usage()
 
 
 async def _prepend(first: str | None, rest: AsyncIterator[str]) -> AsyncGenerator[str, None]:

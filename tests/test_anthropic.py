@@ -32,6 +32,7 @@ from css_core.testing import (
 )
 from tests.conftest import KEY, OFFCHAIN, ONCHAIN, STREAM, assert_error, job, post_job, run_command
 from tests.helpers import requires_plugin
+from tests.test_metrics import scrape, token_usage
 
 pytestmark = requires_plugin("css_anthropic")
 
@@ -305,3 +306,13 @@ def test_ANTHROPIC_in_the_plugins_command_and_catalogue(url: str, http: httpx.Cl
     resources = http.get(url + "/service-resources").json()
     models = [m["name"] for m in resources["compute_capability"][0]["models"] if m["owner"] == "ANTHROPIC"]
     assert {"claude-sonnet-4-5", "claude-opus-4-1", "claude-3-5-haiku-latest"} <= set(models)
+
+
+@pytest.mark.parametrize("destination", [OFFCHAIN, STREAM], ids=["offchain", "stream"])
+def test_ANTHROPIC_usage_is_counted(double: ProviderDouble, url: str, http: httpx.Client, destination: int) -> None:
+    before = scrape(http, url)
+    double.reply, double.stream_chunks = "five words in this reply", 3
+    conversation = [{"role": "user", "content": "one two three"}]
+    response = post_job(http, url, job(request(conversation), destination=destination))
+    assert response.status_code == 200, response.text
+    assert token_usage(before, scrape(http, url), "anthropic", MODEL) == (3, 5)

@@ -37,7 +37,7 @@ from tests.conftest import (
 )
 from tests.helpers import requires_plugin
 from tests.provider_double import ProviderDouble
-from tests.test_metrics import jobs_by_worker, needs_usage, needs_wiring, one_connection_each, scrape, wait_for_workers
+from tests.test_metrics import jobs_by_worker, needs_wiring, one_connection_each, scrape, wait_for_workers
 
 needs_openai = requires_plugin("css_openai")
 REDIS_SERVER = shutil.which("redis-server")
@@ -272,7 +272,6 @@ def test_no_budget_no_store(service: Callable[..., str], http: httpx.Client, tmp
 
 
 @needs_openai
-@needs_usage
 def test_a_token_budget_lets_the_job_that_crosses_it_complete(
     service: Callable[..., str], http: httpx.Client, double: ProviderDouble, tmp_path: Path
 ) -> None:

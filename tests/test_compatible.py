@@ -73,6 +73,18 @@ def test_a_keyless_provider_serves_off_chain_on_chain_and_streamed_jobs(
     assert all("authorization" not in r.headers for r in double.requests)  # no key, no header
 
 
+@pytest.mark.parametrize("stream_usage", [True, False], ids=["asked", "not-asked"])
+def test_a_stream_asks_for_its_usage_unless_configured_not_to(
+    double: ProviderDouble, service: Callable[..., str], http: httpx.Client, stream_usage: bool
+) -> None:
+    double.api_key = None
+    url = service(CSS_OPENAI_COMPATIBLE=configured(double, LOCAL={"stream_usage": stream_usage}))
+    response = post_job(http, url, job(request("LOCAL"), destination=STREAM))
+    assert (response.status_code, response.text) == (200, double.expected_reply("llama3", "hi"))
+    (sent,) = double.requests
+    assert ("stream_options" in sent.json) is stream_usage
+
+
 def test_a_keyless_provider_serves_embeddings(double: ProviderDouble, local: str, http: httpx.Client) -> None:
     body = {"provider": "LOCAL", "endpoint": "embeddings", "model": "nomic-embed",
             "params": {"endpoint": "embeddings", "input": "embed me"}}

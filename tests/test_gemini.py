@@ -30,6 +30,7 @@ from css_core.testing import (
 )
 from tests.conftest import KEY, OFFCHAIN, ONCHAIN, STREAM, assert_error, job, post_job, run_command
 from tests.helpers import requires_plugin
+from tests.test_metrics import scrape, token_usage
 
 pytestmark = requires_plugin("css_gemini")
 
@@ -335,3 +336,13 @@ def test_GEMINI_in_the_plugins_command_and_catalogue(url: str, http: httpx.Clien
     resources = http.get(url + "/service-resources").json()
     models = [m["name"] for m in resources["compute_capability"][0]["models"] if m["owner"] == "GEMINI"]
     assert {"gemini-2.5-pro", "gemini-2.5-flash", "text-embedding-004"} <= set(models)
+
+
+@pytest.mark.parametrize("destination", [OFFCHAIN, STREAM], ids=["offchain", "stream"])
+def test_GEMINI_usage_is_counted(double: ProviderDouble, url: str, http: httpx.Client, destination: int) -> None:
+    before = scrape(http, url)
+    double.reply, double.stream_chunks = "five words in this reply", 3
+    conversation = [{"role": "user", "content": "one two three"}]
+    response = post_job(http, url, job(request(conversation), destination=destination))
+    assert response.status_code == 200, response.text
+    assert token_usage(before, scrape(http, url), "gcp.gemini", MODEL) == (3, 5)

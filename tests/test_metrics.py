@@ -60,9 +60,6 @@ needs_wiring = pytest.mark.xfail(
     not _workflow_reports(), strict=True,
     reason="needs css_core/workflow.py to report attempts, fallbacks and usage to css_core.record.current()",
 )
-# Plugins do not report the provider's `usage` to the core yet (no hook carries it): what
-# reads token counts is expected to fail until one does.
-needs_usage = pytest.mark.xfail(strict=True, reason="plugins do not report token usage to the core yet")
 
 
 # -- reading a scrape ----------------------------------------------------------------------------------------
@@ -292,17 +289,37 @@ def test_each_attempt_is_counted_by_its_outcome(
         assert delta == 1, outcome
 
 
-@needs_usage
+def token_usage(before: Scrape, seen: Scrape, provider: str, model: str) -> tuple[float, float]:
+    """The input and output tokens counted between two scrapes, for one provider and model's chats."""
+    labels = {"gen_ai_provider_name": provider, "gen_ai_request_model": model, "gen_ai_operation_name": "chat"}
+    input_tokens, output_tokens = (
+        seen.value("gen_ai_client_token_usage_sum", gen_ai_token_type=kind, **labels)
+        - before.value("gen_ai_client_token_usage_sum", gen_ai_token_type=kind, **labels)
+        for kind in ("input", "output")
+    )
+    return input_tokens, output_tokens
+
+
 def test_token_usage_is_observed(service: Callable[..., str], http: httpx.Client, double: ProviderDouble) -> None:
     url = service()
     before = scrape(http, url)
     assert post_job(http, url, job(chat("one two three"))).status_code == 200
-    seen = scrape(http, url)
-    labels = {"gen_ai_provider_name": "openai", "gen_ai_request_model": "gpt-4", "gen_ai_operation_name": "chat"}
-    for token_type, count in (("input", 3), ("output", 6)):  # the double's words: "Hello from gpt-4: one two three"
-        total = seen.value("gen_ai_client_token_usage_sum", gen_ai_token_type=token_type, **labels) - \
-            before.value("gen_ai_client_token_usage_sum", gen_ai_token_type=token_type, **labels)
-        assert total == count, token_type
+    # the double's words: "Hello from gpt-4: one two three"
+    assert token_usage(before, scrape(http, url), "openai", "gpt-4") == (3, 6)
+
+
+def test_token_usage_of_a_stream_is_asked_for_and_observed(
+    service: Callable[..., str], http: httpx.Client, double: ProviderDouble
+) -> None:
+    url = service()
+    before = scrape(http, url)
+    double.stream_chunks = 4
+    response = post_job(http, url, job(chat("one two three"), destination=STREAM))
+    assert response.status_code == 200
+    assert response.text == "Hello from gpt-4: one two three"  # the usage chunk adds no text
+    (sent,) = double.requests
+    assert sent.json["stream_options"] == {"include_usage": True}
+    assert token_usage(before, scrape(http, url), "openai", "gpt-4") == (3, 6)
 
 
 @needs_wiring

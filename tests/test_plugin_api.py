@@ -23,11 +23,12 @@ from css_core import openai_format
 from css_core.config import Settings, load_settings
 from css_core.errors import ConfigError, ProviderHTTPError
 from css_core.hookspecs import hookimpl
+from css_core.logs import JOB_FIELDS as LOG_FIELDS
 from css_core.plugins import PluginInfo, build_registry, plugin_manager
-from css_core.types import JOB_FIELDS, CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
-from tests.conftest import KEY, assert_error, chat, job, post_job, registered, service_env
+from css_core.types import JOB_FIELDS, CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result, Usage
+from tests.conftest import KEY, STREAM, assert_error, chat, job, post_job, registered, service_env
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble, Route
+from tests.provider_double import Fault, ProviderDouble, Route, Stream
 
 TRIES = 3
 
@@ -516,3 +517,81 @@ def test_percent_encoded_dot_segments_in_an_unquoted_path_stay_below_the_base_ur
     response = post_job(http, model_in_path, acme_job(model=model))
     sent = [r.path for r in double.requests]
     assert all(path.startswith("/acme/models/") for path in sent), (response.text, sent)
+
+
+# -- css_usage ----------------------------------------------------------------------------------------------
+
+
+class Counts(Acme):
+    """A provider whose answers and events report `{"n": [input, output]}` (a running total in a stream)."""
+
+    @hookimpl
+    def css_parse_stream_event(self, data: bytes) -> str | None:
+        text: str | None = msgspec.json.decode(data).get("text")
+        return text
+
+    @hookimpl
+    def css_usage(self, data: bytes) -> Usage | None:
+        counts = msgspec.json.decode(data).get("n")
+        return None if counts is None else Usage(*counts)
+
+
+def post_counted(http: httpx.Client, url: str, body: Any) -> httpx.Response:
+    return http.post(f"{url}/service_output", json=body, headers={"x-request-id": "counted-job"})
+
+
+def finished_job(double: ProviderDouble, caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
+    """The log fields of the job `post_counted` sent, once logged: its line follows its answer, from
+    the service's thread (which may log other jobs' too)."""
+
+    def lines() -> list[dict[str, Any]]:
+        return [fields for r in caplog.records
+                if (fields := getattr(r, LOG_FIELDS, None)) and fields["request_id"] == "counted-job"]
+
+    double.wait_for(lambda: bool(lines()), what="the job's log line")
+    (fields,) = lines()
+    return fields
+
+
+def test_hook_css_usage_of_an_answer_is_the_jobs(
+    double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answer = {"choices": [{"message": {"content": "counted"}}], "n": [7, 11]}
+    double.add_route(Route("POST", r"/acme/chat/completions", answer))
+    with registered(pm, acme=Counts()), caplog.at_level(logging.INFO, logger="css_core.jobs"):
+        url = serve_acme()
+        assert post_counted(http, url, acme_job()).json() == {"output": "counted"}
+        fields = finished_job(double, caplog)
+    assert (fields["input_tokens"], fields["output_tokens"]) == (7, 11)
+
+
+def test_hook_css_usage_of_a_stream_is_the_largest_its_events_report(
+    double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Read from the events without text and from the last one, which here carries text."""
+    events = [{"n": [5, 1]}, {"text": "a", "n": [0, 99]}, {"text": "b"}, {"n": [0, 2]}, {"text": "c", "n": [5, 3]}]
+    double.add_route(Route("POST", r"/acme/chat/completions", Stream(events)))
+    with registered(pm, acme=Counts()), caplog.at_level(logging.INFO, logger="css_core.jobs"):
+        url = serve_acme()
+        response = post_counted(http, url, acme_job() | {"destination": STREAM})
+        assert (response.status_code, response.text) == (200, "abc")
+        fields = finished_job(double, caplog)
+    # the 99 is in an event with text that is not the last: never read
+    assert (fields["input_tokens"], fields["output_tokens"]) == (5, 3)
+
+
+def test_hook_css_usage_unreadable_is_logged_and_the_job_keeps_its_answer(
+    double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    answer = {"choices": [{"message": {"content": "kept"}}], "n": "many"}
+    double.add_route(Route("POST", r"/acme/chat/completions", answer))
+    with registered(pm, acme=Counts()), caplog.at_level(logging.INFO):
+        url = serve_acme()
+        assert post_counted(http, url, acme_job()).json() == {"output": "kept"}
+        fields = finished_job(double, caplog)
+    assert len(double.requests) == 1  # not retried
+    assert "could not read the answer's usage" in caplog.text
+    assert "input_tokens" not in fields

@@ -81,18 +81,19 @@ def _generate(double: ProviderDouble, mode: str, request: RecordedRequest) -> An
     text = double.text_for(model, _texts(contents[-1]))
     n_in = sum(len(_texts(c).split()) for c in contents)
 
-    def chunk(piece: str, finish: bool) -> dict[str, Any]:
+    def chunk(piece: str, n_out: int, finish: bool) -> dict[str, Any]:
         candidate: dict[str, Any] = {"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0}
         if finish:
             candidate["finishReason"] = "STOP"
-        n_out = len(piece.split())
         usage = {"promptTokenCount": n_in, "candidatesTokenCount": n_out, "totalTokenCount": n_in + n_out}
         return {"candidates": [candidate], "usageMetadata": usage, "modelVersion": model}
 
     if mode == "json":
-        return chunk(text, True)
+        return chunk(text, len(text.split()), True)
     pieces = split_text(text, double.stream_chunks)
-    chunks = [chunk(piece, i == len(pieces) - 1) for i, piece in enumerate(pieces)]
+    # each chunk's usage is the running total so far, as Gemini reports it
+    totals = [len("".join(pieces[:i + 1]).split()) for i in range(len(pieces))]
+    chunks = [chunk(piece, totals[i], i == len(pieces) - 1) for i, piece in enumerate(pieces)]
     return Stream(chunks) if mode == "sse" else chunks
 
 

@@ -79,6 +79,9 @@ def _chat(double: ProviderDouble, request: RecordedRequest) -> Any:
     text = double.text_for(model, last)
     base = _base(model)
     base["id"] = f"chat{base['id']}"  # chatcmpl-N
+    n_in = sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
+    n_out = len(text.split())
+    usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
     if body.get("stream") is True:
         chunk = {**base, "object": "chat.completion.chunk"}
 
@@ -86,10 +89,11 @@ def _chat(double: ProviderDouble, request: RecordedRequest) -> Any:
             return {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
 
         pieces = (event({"content": piece}) for piece in split_text(text, double.stream_chunks))
-        return Stream([event({"role": "assistant", "content": ""}), *pieces, event({}, "stop")], done=True)
-    n_in = sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
-    n_out = len(text.split())
-    usage = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+        events = [event({"role": "assistant", "content": ""}), *pieces, event({}, "stop")]
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            events.append({**chunk, "choices": [], "usage": usage})  # OpenAI's last chunk: usage, no choices
+        return Stream(events, done=True)
     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
     return {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
 

@@ -18,6 +18,8 @@ Completions: `POST /v1/messages` with `{model, max_tokens, system?, messages}`.
   each `content_block_delta` whose `delta.type` is `text_delta`; an `error` event
   (`{"type": "error", "error": {"type": "overloaded_error", "message": ...}}`) ends it.
   The stream ends by closing (no `[DONE]`).
+- Usage: the message's `usage` (`input_tokens`, `output_tokens`); streamed, the
+  `message.usage` of `message_start` and the running `usage` of each `message_delta`.
 
 Errors are `{"type": "error", "error": {"type", "message"}}`; 529 (`overloaded_error`) is
 retried like a 503. There is no embeddings endpoint.
@@ -27,7 +29,16 @@ from __future__ import annotations
 
 import msgspec
 
-from css_core import CSSRequest, ProviderBadResponse, ProviderCall, ProviderHTTPError, ProviderSpec, Settings, hookimpl
+from css_core import (
+    CSSRequest,
+    ProviderBadResponse,
+    ProviderCall,
+    ProviderHTTPError,
+    ProviderSpec,
+    Settings,
+    Usage,
+    hookimpl,
+)
 
 __all__ = ("MODELS",)
 
@@ -42,9 +53,15 @@ class _Block(msgspec.Struct):
     text: str = ""
 
 
+class _Usage(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
 class _Message(msgspec.Struct):
     content: list[_Block] = []
     stop_reason: str | None = None
+    usage: _Usage | None = None
 
 
 class _Error(msgspec.Struct):
@@ -59,6 +76,8 @@ class _Event(msgspec.Struct):
     type: str
     delta: _Block | None = None
     error: _Error | None = None
+    message: _Message | None = None
+    usage: _Usage | None = None
 
 
 class _ErrorBody(msgspec.Struct):
@@ -119,6 +138,16 @@ def css_parse_stream_event(data: bytes) -> str | None:
     if event.type == "content_block_delta" and event.delta is not None and event.delta.type == "text_delta":
         return event.delta.text
     return None
+
+
+@hookimpl
+def css_usage(request: CSSRequest, data: bytes) -> Usage | None:
+    if request.stream:
+        event = _event.decode(data)
+        usage = event.message.usage if event.message is not None else event.usage
+    else:
+        usage = _message.decode(data).usage
+    return None if usage is None else Usage(usage.input_tokens, usage.output_tokens)
 
 
 @hookimpl

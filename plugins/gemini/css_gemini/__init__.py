@@ -23,6 +23,9 @@ Completions: `POST /v1beta/models/{model}:generateContent` with
   last one, with `finishReason: STOP`); one holding an `error` object, a `blockReason`, or
   a `finishReason` other than `STOP` / `MAX_TOKENS` without text ends the stream as failed.
 
+Usage: `usageMetadata` of the answer (of each streamed chunk, a running total): input is
+`promptTokenCount`, output `candidatesTokenCount` plus the thoughts' `thoughtsTokenCount`.
+
 Embeddings: `POST /v1beta/models/{model}:embedContent` with
 `{"content": {"parts": [{"text": input}]}}`; the vector is `embedding.values`.
 
@@ -39,7 +42,16 @@ from urllib.parse import quote
 
 import msgspec
 
-from css_core import CSSRequest, ProviderBadResponse, ProviderCall, ProviderHTTPError, ProviderSpec, Result, hookimpl
+from css_core import (
+    CSSRequest,
+    ProviderBadResponse,
+    ProviderCall,
+    ProviderHTTPError,
+    ProviderSpec,
+    Result,
+    Usage,
+    hookimpl,
+)
 
 __all__ = ("SPEC",)
 
@@ -101,6 +113,16 @@ class _Response(msgspec.Struct, rename="camel"):
     error: _Status | None = None
 
 
+class _UsageMetadata(msgspec.Struct, rename="camel"):
+    prompt_token_count: int = 0
+    candidates_token_count: int = 0
+    thoughts_token_count: int = 0
+
+
+class _WithUsage(msgspec.Struct, rename="camel"):
+    usage_metadata: _UsageMetadata | None = None
+
+
 class _Values(msgspec.Struct):
     values: list[float]
 
@@ -111,6 +133,7 @@ class _Embedding(msgspec.Struct):
 
 _response = msgspec.json.Decoder(_Response)
 _embedding = msgspec.json.Decoder(_Embedding)
+_usage = msgspec.json.Decoder(_WithUsage)
 
 
 @hookimpl
@@ -172,6 +195,14 @@ def css_postprocess(request: CSSRequest, body: bytes) -> Result | None:
 @hookimpl
 def css_parse_stream_event(data: bytes) -> str | None:
     return _text(data, streamed=True)
+
+
+@hookimpl
+def css_usage(data: bytes) -> Usage | None:
+    usage = _usage.decode(data).usage_metadata
+    if usage is None:
+        return None
+    return Usage(usage.prompt_token_count, usage.candidates_token_count + usage.thoughts_token_count)
 
 
 @hookimpl

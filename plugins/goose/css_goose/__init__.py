@@ -2,7 +2,8 @@
 
 Completions: `POST /engines/{engine}/completions` `{"prompt": text}`; the text is
 `choices[0].text`, streamed or not. GooseAI completes one prompt, so a job must carry
-exactly one message.
+exactly one message. The answer's `usage` (`prompt_tokens`, `completion_tokens`), where
+GooseAI sends one, is its token count.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from css_core import CSSRequest, InvalidJob, ProviderCall, ProviderSpec, hookimpl
+from css_core import CSSRequest, InvalidJob, ProviderCall, ProviderSpec, Usage, hookimpl, openai_format
 
 __all__ = ("SPEC",)
 
@@ -66,3 +67,8 @@ def css_postprocess(body: bytes) -> str | None:
 def css_parse_stream_event(data: bytes) -> str | None:
     choices = _completion.decode(data).choices
     return choices[0].text if choices else None
+
+
+@hookimpl
+def css_usage(data: bytes) -> Usage | None:
+    return openai_format.usage(data)

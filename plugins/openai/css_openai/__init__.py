@@ -3,11 +3,13 @@
 - Chat completions: `POST /chat/completions` `{model, messages}`; the text is
   `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`.
 - Embeddings: `POST /embeddings` `{model, input}`; the vector is `data[0].embedding`.
+- Usage: `usage.prompt_tokens` / `usage.completion_tokens` of the answer; a stream asks for
+  it with `stream_options.include_usage` and gets it in a last chunk with no choices.
 """
 
 from __future__ import annotations
 
-from css_core import CSSRequest, ProviderCall, ProviderSpec, Result, hookimpl, openai_format
+from css_core import CSSRequest, ProviderCall, ProviderSpec, Result, Usage, hookimpl, openai_format
 
 __all__ = ("SPEC",)
 
@@ -34,7 +36,7 @@ def css_provider() -> ProviderSpec:
 @hookimpl
 def css_encode_params(request: CSSRequest) -> ProviderCall | None:
     if request.endpoint == "completions":
-        return openai_format.chat_call(request)
+        return openai_format.chat_call(request, stream_usage=True)
     if request.endpoint == "embeddings":
         return openai_format.embeddings_call(request)
     return None
@@ -50,3 +52,8 @@ def css_postprocess(request: CSSRequest, body: bytes) -> Result | None:
 @hookimpl
 def css_parse_stream_event(data: bytes) -> str | None:
     return openai_format.chat_stream_text(data)
+
+
+@hookimpl
+def css_usage(data: bytes) -> Usage | None:
+    return openai_format.usage(data)

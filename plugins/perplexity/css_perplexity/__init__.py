@@ -2,11 +2,13 @@
 
 Chat completions: `POST /chat/completions` `{model, messages}`, OpenAI's format; the text
 is `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`.
+Its `usage` (`prompt_tokens`, `completion_tokens`) comes with the answer, and with each
+streamed chunk unasked.
 """
 
 from __future__ import annotations
 
-from css_core import CSSRequest, ProviderCall, ProviderSpec, hookimpl, openai_format
+from css_core import CSSRequest, ProviderCall, ProviderSpec, Usage, hookimpl, openai_format
 
 __all__ = ("SPEC",)
 
@@ -43,3 +45,8 @@ def css_postprocess(body: bytes) -> str | None:
 @hookimpl
 def css_parse_stream_event(data: bytes) -> str | None:
     return openai_format.chat_stream_text(data)
+
+
+@hookimpl
+def css_usage(data: bytes) -> Usage | None:
+    return openai_format.usage(data)
