@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -92,6 +92,7 @@ class JobAttempts:
     policy: AsyncRetrying | None = None
     retry_policy = RetryPolicy()
     last_event: bytes | None = None  # a stream's last event with text, whose usage is read when it ends
+    failed_event: Exception | None = None  # a stream event's failure, raised once the text before it is relayed
     input_tokens = output_tokens = 0  # the usage the answer reports (a stream's: the largest of its events')
 
     def __init__(self, provider: Provider, request: CSSRequest) -> None:
@@ -268,17 +269,31 @@ class JobAttempts:
         if self.input_tokens or self.output_tokens:
             await current().usage(self.input_tokens, self.output_tokens)
 
-    async def events(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """A stream's event payloads, its failures as the workflow knows them."""
-        try:
-            async for data in source:
-                yield data
-        except BaseException as exc:
-            raise self.attempt_failure(exc) from None
-        finally:
-            aclose = getattr(source, "aclose", None)
-            if aclose is not None:
-                await aclose()
+    def texts_of(self, events: list[bytes] | bytes) -> str:
+        """The text of the events of one read (`css_parse_stream_event`), joined; the usage of
+        those without text is noted (`css_usage`). A plugin's own call may yield single events.
+
+        An event that fails after others of the read carried text fails the stream only once
+        that text is relayed: it is kept in `failed_event`, for the next read to raise."""
+        if isinstance(events, bytes):
+            events = [events]
+        parse, request = self.provider.hooks.parse_stream_event, self.request
+        texts: list[str] = []
+        for data in events:
+            try:
+                text = self.plugin_step(parse, "stream event", request=request, data=data)
+            except Exception as exc:
+                if not texts:
+                    raise
+                self.failed_event = exc
+                break
+            if text:
+                texts.append(text)
+                self.last_event = data
+            else:
+                self.last_event = None
+                self.read_usage(data)
+        return texts[0] if len(texts) == 1 else "".join(texts)
 
     def attempt_failure(self, exc: BaseException) -> BaseException:
         """What a failed call means: a non-2xx answer read by the plugin, a dropped connection, or

@@ -14,7 +14,7 @@ import msgspec
 
 from css_core.errors import ProviderHTTPError
 from css_core.hookspecs import hookimpl
-from css_core.provider_http import chunks, read, retry_after_seconds, send, sse_data
+from css_core.provider_http import read, retry_after_seconds, send, sse_events
 from css_core.types import PreparedCall
 
 __all__ = ("ErrorAnswer", "css_call", "css_call_stream", "css_read_error", "error_message")
@@ -61,7 +61,7 @@ def css_call(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> Awaitab
 
 
 @hookimpl(trylast=True)
-def css_call_stream(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> AsyncIterator[bytes]:
+def css_call_stream(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> AsyncIterator[list[bytes]]:
     return _events(call, transport)
 
 
@@ -78,12 +78,12 @@ async def _post(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> byte
     return body
 
 
-async def _events(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> AsyncIterator[bytes]:
+async def _events(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> AsyncIterator[list[bytes]]:
     response = await send(transport, call)
     try:
         if response.status_code >= 300:
             raise ErrorAnswer(response, await read(response))
-        async for data in sse_data(chunks(response)):
-            yield data
+        async for events in sse_events(response):
+            yield events
     finally:
         await response.aclose()  # the connection is dropped, not reused, if the answer was not read to its end

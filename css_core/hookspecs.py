@@ -111,13 +111,15 @@ def css_call(
 @hookspec(firstresult=True)
 def css_call_stream(
     spec: ProviderSpec, call: PreparedCall, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport
-) -> AsyncIterator[bytes] | None:
-    """Send one attempt of a streaming call; return an async iterator of event payloads.
+) -> AsyncIterator[bytes] | AsyncIterator[list[bytes]] | None:
+    """Send one attempt of a streaming call; return an async iterator of event payloads, or of
+    lists of them (the events that arrived together, relayed together).
 
     Called once per attempt, until one yields its first text. The core implements it
-    (`trylast`): it POSTs the call and yields the `data` of each server-sent event (the
-    lines of a multi-line `data` joined with a newline; `event:`, `id:` and comment lines
-    ignored) until `data: [DONE]` or the end of the answer. An implementation must raise
+    (`trylast`): it POSTs the call and yields, for each read of the answer, the `data` of
+    the server-sent events it completed (the lines of a multi-line `data` joined with a
+    newline; `event:`, `id:` and comment lines ignored) until `data: [DONE]` or the end of
+    the answer. An implementation must raise
     `ProviderHTTPError` before yielding anything when the status is not 2xx, so the failure
     can be retried and answered as an error status. `None`: the next implementation does.
     """

@@ -31,12 +31,11 @@ from css_core.types import PreparedCall
 
 __all__ = (
     "ProviderHTTP",
-    "chunks",
     "proxy_for",
     "read",
     "retry_after_seconds",
     "send",
-    "sse_data",
+    "sse_events",
     "ssl_context",
     "unreachable",
 )
@@ -76,34 +75,43 @@ def ssl_context(settings: Settings) -> ssl.SSLContext:
         raise ConfigError(f"SSL_CERT_FILE must name {expected}, got {cafile!r} ({exc})") from None
 
 
-async def sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The `data` of each server-sent event in `chunks`, up to `data: [DONE]`.
+async def sse_events(response: httpx.Response) -> AsyncIterator[list[bytes]]:
+    """The `data` of the server-sent events of `response`, up to `data: [DONE]`: a list for each
+    read that completed any, so that what arrived together is relayed together.
 
     Lines end with LF or CRLF; a multi-line `data` is joined with a newline; `event:`,
     `id:`, `retry:` and comment lines carry nothing a plugin reads. An event may arrive
-    split over several chunks.
+    split over several reads.
     """
     pending = b""
     data: list[bytes] = []
-    async for chunk in chunks:
-        lines = (pending + chunk if pending else chunk).split(b"\n")
-        pending = lines.pop()
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if data:
-                    payload = data[0] if len(data) == 1 else b"\n".join(data)
-                    data.clear()
-                    if payload == b"[DONE]":
-                        return
-                    yield payload
-            elif line.startswith(b"data:"):
-                data.append(line[6:] if line[5:6] == b" " else line[5:])
+    try:
+        async for chunk in response.aiter_bytes():
+            lines = (pending + chunk if pending else chunk).split(b"\n")
+            pending = lines.pop()
+            events: list[bytes] = []
+            for line in lines:
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if not line:
+                    if data:
+                        payload = data[0] if len(data) == 1 else b"\n".join(data)
+                        data.clear()
+                        if payload == b"[DONE]":
+                            if events:
+                                yield events
+                            return
+                        events.append(payload)
+                elif line.startswith(b"data:"):
+                    data.append(line[6:] if line[5:6] == b" " else line[5:])
+            if events:
+                yield events
+    except httpx.TransportError as exc:
+        raise unreachable(exc) from None
     if pending.startswith(b"data:"):  # a last event without its blank line
         data.append(pending[6:] if pending[5:6] == b" " else pending[5:])
     if data and (payload := b"\n".join(data)) != b"[DONE]":
-        yield payload
+        yield [payload]
 
 
 def proxy_for(url: str) -> str | None:
@@ -187,11 +195,3 @@ async def read(response: httpx.Response) -> bytes:
     finally:
         await response.aclose()
 
-
-async def chunks(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The body of `response` as it arrives."""
-    try:
-        async for chunk in response.aiter_bytes():
-            yield chunk
-    except httpx.TransportError as exc:
-        raise unreachable(exc) from None

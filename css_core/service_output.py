@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -25,11 +25,12 @@ from litestar.exceptions import MethodNotAllowedException
 
 from css_core.codec import encode_result
 from css_core.config import Settings
-from css_core.errors import PayloadTooLarge, UnsupportedMediaType
+from css_core.errors import PayloadTooLarge, ProviderBadResponse, ProviderUnreachable, UnsupportedMediaType
 from css_core.job import decode_job
 from css_core.messages import JobLocation, OffchainOutput, OnchainOutput, encode_json
 from css_core.plugins import Provider, Registry
 from css_core.record import JobRecord, Recorder
+from css_core.streamed import Streamed
 from css_core.workflow import Workflow
 
 __all__ = ("Receive", "Scope", "Send", "ServiceOutput")
@@ -139,7 +140,7 @@ class ServiceOutput:
             if job.destination is JobLocation.STREAM:
                 record.served(streamed.provider.spec.name, streamed.model)
                 record.streaming()
-                await _relay(streamed.chunks, send, _served_by(streamed.provider, streamed.model), record)
+                await _relay(streamed, send, _served_by(streamed.provider, streamed.model), record)
                 return
         if watch.left:  # the client left (the job was cancelled): nobody is left to answer
             record.left()
@@ -179,22 +180,29 @@ class ServiceOutput:
         )
 
 
-async def _relay(chunks: AsyncGenerator[str, None], send: Send, served_by: tuple[tuple[bytes, bytes], ...],
+async def _relay(streamed: Streamed, send: Send, served_by: tuple[tuple[bytes, bytes], ...],
                  record: JobRecord) -> None:
-    """Send the text as it arrives. A failure after the first byte aborts the response: the
-    server closes the connection, and the node sees a failed stream, not a short success.
-    The time spent waiting for each next chunk is the provider's, in the job's record."""
+    """Send the text as it arrives, up to the stream's deadline. A failure after the first byte
+    aborts the response: the server closes the connection, and the node sees a failed stream,
+    not a short success. The time spent waiting for each next text is the provider's, in the
+    job's record. A client that reads slowly holds the relay in `send` (the server's write
+    buffer is bounded), and with it the reads of the provider's answer."""
     try:
-        await send({"type": "http.response.start", "status": 200, "headers": [_TEXT, *served_by]})
-        record.responded = True
-        while True:
-            began = _clock()
-            try:
-                text = await anext(chunks)
-            except StopAsyncIteration:
-                break
-            record.relay_seconds += _clock() - began
-            await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
+        async with asyncio.timeout_at(streamed.deadline_at):
+            await send({"type": "http.response.start", "status": 200, "headers": [_TEXT, *served_by]})
+            record.responded = True
+            await send({"type": "http.response.body", "body": streamed.first.encode(), "more_body": True})
+            while True:
+                began = _clock()
+                try:
+                    text = await anext(streamed)
+                except StopAsyncIteration:
+                    break
+                record.relay_seconds += _clock() - began
+                await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
+    except (TimeoutError, ProviderBadResponse, ProviderUnreachable) as exc:
+        streamed.cut(exc)
+        raise
     finally:
-        await chunks.aclose()
+        await streamed.aclose()
     await send({"type": "http.response.body", "body": b""})

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
@@ -45,6 +45,7 @@ from css_core.provider_http import ProviderHTTP
 from css_core.record import current
 from css_core.retry import retrying
 from css_core.routing import fall_back
+from css_core.streamed import Streamed, close_events
 from css_core.types import CSSRequest, ProviderCall, Result
 
 __all__ = ("Served", "Streamed", "Workflow")
@@ -75,16 +76,6 @@ class Served(NamedTuple):
     model: str
 
 
-class Streamed:
-    """A stream's text, and the provider and model serving it (known before its first chunk is sent)."""
-
-    __slots__ = ("chunks", "model", "provider")
-
-    chunks: AsyncGenerator[str, None]
-    provider: Provider
-    model: str
-
-
 def _url(provider: Provider, call: ProviderCall) -> str:
     """The plugin's path and query below the provider's base URL, refused if a job's value in
     them could leave it."""
@@ -93,12 +84,6 @@ def _url(provider: Provider, call: ProviderCall) -> str:
         raise InvalidJob(f"the request would change the provider's URL ({path!r}); check the model name")
     path = path if path.startswith("/") else "/" + path
     return provider.base_url + path + ("?" + urlencode(query) if query else "")
-
-
-def _text_of(job: JobAttempts, data: bytes) -> str:
-    text: str | None = job.plugin_step(job.provider.hooks.parse_stream_event, "stream event", request=job.request,
-                                       data=data)
-    return text or ""
 
 
 class Workflow:
@@ -247,95 +232,39 @@ class Workflow:
     # -- a job's stream ---------------------------------------------------------------------------------------
 
     async def stream(self, request: CSSRequest) -> Streamed:
-        """The job's text, chunk by chunk, once the first chunk has arrived, and who serves it.
+        """The job's stream, once its first text has arrived, and who serves it.
 
-        Failures before the first chunk are retried (and fall back) and raised from this
+        Failures before the first text are retried (and fall back) and raised from this
         coroutine, so the caller can still answer with an error status. After it, a failure
-        ends the iterator with an exception, which the server turns into an aborted response.
+        ends the iteration with an exception, which the server turns into an aborted response.
         """
-        streamed = Streamed()
-        texts = self._texts(request, streamed)
-        # priming the generator here means its `finally` (closing the provider's stream,
-        # freeing the slot) runs however the response ends, even if it is never iterated
-        first = await anext(texts, None)
-        streamed.chunks = _prepend(first, texts)
-        return streamed
-
-    def _stream_start(self, job: JobAttempts) -> Awaitable[tuple[AsyncIterator[bytes], str]]:
-        """The attempts of a stream at one provider, until one yields its first text."""
-        provider, timeout = job.provider, self.settings.request_timeout
-        hooks, spec, client = provider.hooks, provider.spec, self.http.client
-        transport = self.http.transport_for(provider.base_url)
-
-        async def attempt() -> tuple[AsyncIterator[bytes], str]:
-            source = job.events(hooks.call_stream(spec=spec, call=job.call(timeout), client=client,
-                                                  transport=transport))
-            job.input_tokens = job.output_tokens = 0  # a failed attempt's usage is not the answer's
-            try:
-                async for data in source:
-                    if text := _text_of(job, data):
-                        job.last_event = data
-                        return source, text
-                    job.read_usage(data)
-            except BaseException:
-                await _close(source)
-                raise
-            await _close(source)
-            # an empty answer is no answer: never a stream of nothing (e.g. thinking that spent
-            # every output token)
-            raise ProviderBadResponse("the stream ended without any text")
-
-        return self._attempts(job, attempt, True)
-
-    async def _texts(self, request: CSSRequest, streamed: Streamed) -> AsyncIterator[str]:
         deadline_at = asyncio.get_running_loop().time() + self.settings.stream_deadline
         try:
             job = self._job(request, deadline_at)
             upstream, first = await self._stream_start(job)
         except _FALLS_BACK as exc:
             (upstream, first), job = await self._fall_back(request, exc, deadline_at, self._stream_start)
-        provider = job.provider
-        streamed.provider, streamed.model = provider, job.request.model
-        sent = 0
-        try:
-            if first:
-                yield first
-                sent += 1
-            while True:
-                async with asyncio.timeout_at(deadline_at):
-                    try:
-                        data = await anext(upstream)
-                    except StopAsyncIteration:
-                        if job.last_event is not None:
-                            job.read_usage(job.last_event)
-                        return
-                if text := _text_of(job, data):
-                    job.last_event = data
-                    yield text
-                    sent += 1
-                else:
-                    job.last_event = None
-                    job.read_usage(data)
-        except (TimeoutError, ProviderBadResponse, ProviderUnreachable) as exc:
-            logger.warning("%s stream ended after %d chunk(s): %s", provider.spec.name, sent, job.describe(exc))
-            raise
-        finally:
-            provider.in_flight -= 1
-            await _close(upstream)
-            await job.report_usage()
+        return Streamed(job, upstream, first)
 
+    def _stream_start(self, job: JobAttempts) -> Awaitable[tuple[AsyncIterator[Any], str]]:
+        """The attempts of a stream at one provider, until one yields its first text."""
+        provider, timeout = job.provider, self.settings.request_timeout
+        hooks, spec, client = provider.hooks, provider.spec, self.http.client
+        transport = self.http.transport_for(provider.base_url)
 
-async def _prepend(first: str | None, rest: AsyncIterator[str]) -> AsyncGenerator[str, None]:
-    try:
-        if first is not None:
-            yield first
-        async for text in rest:
-            yield text
-    finally:
-        await _close(rest)
+        async def attempt() -> tuple[AsyncIterator[Any], str]:
+            upstream = hooks.call_stream(spec=spec, call=job.call(timeout), client=client, transport=transport)
+            job.input_tokens = job.output_tokens = 0  # a failed attempt's usage is not the answer's
+            try:
+                async for events in upstream:
+                    if text := job.texts_of(events):
+                        return upstream, text
+            except BaseException as exc:
+                await close_events(upstream)
+                raise job.attempt_failure(exc) from None
+            await close_events(upstream)
+            # an empty answer is no answer: never a stream of nothing (e.g. thinking that spent
+            # every output token)
+            raise ProviderBadResponse("the stream ended without any text")
 
-
-async def _close(events: Any) -> None:
-    aclose = getattr(events, "aclose", None)
-    if aclose is not None:
-        await aclose()
+        return self._attempts(job, attempt, True)
