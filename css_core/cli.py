@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from css_core import __version__, metrics
+from css_core import __version__, listeners, metrics
 from css_core.budget_store import check_store
 from css_core.budgets import check_providers
 from css_core.config import load_settings
@@ -153,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             uvicorn.run(create_app(settings, registry), **options)
         else:
-            uvicorn.run("css_core.app:create_app", factory=True, workers=args.workers, **options)
+            listeners.serve("css_core.app:create_app", workers=args.workers, **options)
     finally:
         if run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,71 @@
+"""Several workers: each accepts on a listening socket of its own (`SO_REUSEPORT`), so the
+kernel spreads connections over them, and a worker that dies leaves its socket to its
+replacement. The service is started by its command line with 2 workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Launched, chat, job, service_env
+from tests.provider_double import ProviderDouble
+from tests.test_metrics import jobs_by_worker, one_connection_each, wait_for_workers, worker_files
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"),
+                                reason="SO_REUSEPORT listeners, read from /proc/net/tcp: Linux only")
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:`port` (state 0A in /proc/net/tcp)."""
+    address = f"0100007F:{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1] == address and line.split()[3] == "0A")
+
+
+@pytest.fixture
+def two_workers(double: ProviderDouble, launch: Callable[..., Launched], tmp_path: Path) -> tuple[Launched, Path]:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    service = launch(service_env(double, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)))
+    wait_for_workers(metrics_dir)
+    return service, metrics_dir
+
+
+def test_each_worker_listens_on_a_socket_of_its_own(two_workers: tuple[Launched, Path]) -> None:
+    service, _ = two_workers
+    assert listening_sockets(int(service.url.rsplit(":", 1)[1])) == 2
+
+
+def test_connections_are_spread_over_the_workers(
+    double: ProviderDouble, two_workers: tuple[Launched, Path]
+) -> None:
+    service, metrics_dir = two_workers
+    double.response_delay = 0.01
+    answers = one_connection_each(service.url, [job(chat(f"job {i}")) for i in range(80)], threads=8)
+    assert {r.status_code for r in answers} == {200}
+    counts = sorted(jobs_by_worker(metrics_dir).values())
+    # the kernel hashes each connection to a socket: far from 80/0, near 40/40
+    assert len(counts) == 2 and counts[0] >= 20, counts
+
+
+def test_a_worker_that_dies_is_replaced_and_no_connection_waits_for_it(
+    double: ProviderDouble, two_workers: tuple[Launched, Path], http: httpx.Client
+) -> None:
+    service, metrics_dir = two_workers
+    pids = set(worker_files(metrics_dir, "gauge_livesum"))
+    os.kill(int(min(pids)), signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while not set(worker_files(metrics_dir, "gauge_livesum")) - pids:  # its replacement has started
+        assert time.monotonic() < deadline, "the dead worker was not replaced"
+        time.sleep(0.1)
+    # connections hashed to the dead worker's socket are served by its replacement
+    answers = one_connection_each(service.url, [job(chat(f"job {i}")) for i in range(40)], threads=8)
+    assert {r.status_code for r in answers} == {200}
