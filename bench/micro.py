@@ -50,6 +50,16 @@ Per job, without I/O:
 - `prepare`: decode_job + Workflow.prepare + the plugin's postprocess + the result's
   encoding (everything of an off-chain job except the HTTP call and the server), with the
   OpenAI plugin.
+- `record`: one job's record life cycle as ServiceOutput makes it (`css_core.record`:
+  `Recorder.start`, `job`, `enter`, `served`, one `attempt`, `usage`, `Recorder.finish`)
+  with no metrics, its `css_core.jobs` log line off (WARNING).
+- `record-metrics`: the same with `Metrics()` (prometheus_client's multiprocess files, in a
+  temporary `PROMETHEUS_MULTIPROC_DIR`): what the job's metrics cost is the difference.
+- `record-budget`: the same with `Metrics()` and one budget (`OPENAI`, requests_per_hour)
+  in the SQLite store in a temporary `CSS_STATE_DIR`, and `admit("OPENAI", "gpt-4")`
+  (its transaction runs on the store's thread, counted in this process's CPU time).
+- `record-metrics-log`: `record-metrics` with the job's log line at INFO, formatted by
+  `css_core.logs.TextFormatter` into an `io.StringIO`.
 
 ASGI, in-process (no server, no sockets on the inbound side):
 
@@ -402,6 +412,86 @@ async def case_prepare(base_url: str) -> tuple[Op, Close]:
     return op, None
 
 
+async def case_record(base_url: str, metrics: bool, budget: bool = False, log: bool = False) -> tuple[Op, Close]:
+    """One job's record life cycle, as ServiceOutput drives it, with or without metrics, a budget, its log line."""
+    import io
+    import logging
+    import shutil
+    import tempfile
+
+    from css_core.budgets import Budgets
+    from css_core.config import load_settings
+    from css_core.logs import TEXT_FORMAT, TextFormatter
+    from css_core.messages import JobLocation
+    from css_core.metrics import VARIABLE, Metrics
+    from css_core.record import JobRecord, Recorder
+    from css_core.types import CSSRequest, Message
+
+    _, registry = _registry(base_url)
+    name = registry.by_name("OPENAI").spec.name
+    request = CSSRequest(provider="OPENAI", endpoint="completions", model="gpt-4", messages=(Message("user", "hi"),))
+    temporary = tempfile.mkdtemp(prefix="css-bench-record-")
+    metrics_dir, state_dir = os.path.join(temporary, "metrics"), os.path.join(temporary, "state")
+    os.mkdir(metrics_dir)
+    before = os.environ.get(VARIABLE)
+    os.environ[VARIABLE] = metrics_dir
+    job_metrics = Metrics() if metrics else None
+    budgets = None
+    if budget:
+        budget_settings = load_settings({
+            "OPENAI_API_KEY": "bench", "OPENAI_BASE_URL": base_url, "CSS_STATE_DIR": state_dir,
+            "CSS_BUDGETS": '{"OPENAI": {"requests_per_hour": 1000000000}}',
+        }, dotenv=None)
+        budgets = Budgets.from_settings(budget_settings)
+        if not budgets.active:
+            raise RuntimeError("the budget is not active")
+    recorder = Recorder(registry, job_metrics, budgets)
+    jobs = logging.getLogger("css_core.jobs")
+    level, handlers, propagate = jobs.level, jobs.handlers[:], jobs.propagate
+    stream = io.StringIO()
+    if log:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(TextFormatter(TEXT_FORMAT))
+        jobs.handlers, jobs.propagate = [handler], False
+        jobs.setLevel(logging.INFO)
+    else:
+        jobs.setLevel(logging.WARNING)
+
+    async def op() -> JobRecord:
+        scope = {"type": "http", "path": "/service_output", "headers": [], "state": {}}
+        record = recorder.start(scope)
+        record.job(request, JobLocation.OFFCHAIN)
+        record.enter()
+        if budget:
+            await record.admit("OPENAI", "gpt-4")
+        record.served(name, "gpt-4")
+        record.attempt("ok", 0.001)
+        await record.usage(10, 20)
+        await recorder.finish(record)
+        return record
+
+    record = await op()
+    if budget and not record.slots:
+        raise RuntimeError("the budget counted nothing")
+    if log and "job finished" not in stream.getvalue():
+        raise RuntimeError("no log line was written")
+
+    async def close() -> None:
+        jobs.handlers, jobs.propagate = handlers, propagate
+        jobs.setLevel(level)
+        if budgets is not None:
+            await budgets.close()
+        if job_metrics is not None:
+            job_metrics.close()
+        if before is None:
+            os.environ.pop(VARIABLE, None)
+        else:
+            os.environ[VARIABLE] = before
+        shutil.rmtree(temporary, ignore_errors=True)
+
+    return op, close
+
+
 # -- ASGI -----------------------------------------------------------------------------------------
 
 
@@ -561,6 +651,10 @@ CASES = [
     "abi-decode",
     "abi-encode",
     "prepare",
+    "record",
+    "record-metrics",
+    "record-budget",
+    "record-metrics-log",
     "asgi-bare",
     "asgi-route",
     "asgi-hello",
@@ -570,7 +664,8 @@ CASES = [
     "asgi-minimal-httpx",
 ]
 CPU_ONLY = {"noop", "tenacity", "tenacity-deadline", "hookcaller", "direct", "hookcaller-event", "direct-event",
-            "abi-decode", "abi-encode", "prepare"}  # no I/O: 10x --n, conc 1
+            "abi-decode", "abi-encode", "prepare", "record", "record-metrics", "record-budget",
+            "record-metrics-log"}  # no I/O (but record-budget's SQLite file): 10x --n, conc 1
 C1_ONLY = {"asgi-bare", "asgi-route", "asgi-hello"}  # no I/O either, but ASGI: --n, conc 1
 STREAM_CONC = {1, 32}
 
@@ -598,6 +693,10 @@ def factories(args: argparse.Namespace, url: str, base_url: str) -> dict[str, Fa
         "abi-decode": lambda: case_abi(True),
         "abi-encode": lambda: case_abi(False),
         "prepare": lambda: case_prepare(base_url),
+        "record": lambda: case_record(base_url, False),
+        "record-metrics": lambda: case_record(base_url, True),
+        "record-budget": lambda: case_record(base_url, True, budget=True),
+        "record-metrics-log": lambda: case_record(base_url, True, log=True),
         "asgi-bare": case_asgi_bare,
         "asgi-route": case_asgi_route,
         "asgi-hello": case_asgi_hello,
