@@ -22,18 +22,22 @@ import signal
 import sys
 import tempfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from css_core import __version__, listeners, metrics
 from css_core.budget_store import check_store
 from css_core.budgets import check_providers
-from css_core.config import load_settings
+from css_core.config import Settings, load_settings
 from css_core.errors import ConfigError
-from css_core.logs import logging_config
+from css_core.logs import lean_records, logging_config
 from css_core.plugins import Provider, Registry, build_registry
 from css_core.provider_http import ssl_context
 
-__all__ = ("main", "parse_bind")
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+__all__ = ("main", "parse_bind", "worker_app")
 
 logger = logging.getLogger("css_core")
 
@@ -110,6 +114,14 @@ def _configure_logging(log_format: str) -> None:
         logging.config.dictConfig(logging_config(log_format))
 
 
+def worker_app(settings: Settings | None = None, registry: Registry | None = None) -> Litestar:
+    """The app of one worker process (uvicorn's factory for each worker), its log records lean."""
+    from css_core.app import create_app
+
+    lean_records()
+    return create_app(settings, registry)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     # the environment's log format, until the settings (and .env) say
@@ -149,11 +161,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ[metrics.VARIABLE] = metrics_dir or run_dir or ""  # the workers inherit it
     try:
         if args.workers == 1:
-            from css_core.app import create_app
-
-            uvicorn.run(create_app(settings, registry), **options)
+            uvicorn.run(worker_app(settings, registry), **options)
         else:
-            listeners.serve("css_core.app:create_app", workers=args.workers, **options)
+            listeners.serve("css_core.cli:worker_app", workers=args.workers, **options)
     finally:
         if run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import copy
 import logging
 import re
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from css_core import request_id
 from css_core.messages import encode_json
 
-__all__ = ("JOB_FIELDS", "JsonFormatter", "TextFormatter", "logging_config")
+__all__ = ("JOB_FIELDS", "JsonFormatter", "TextFormatter", "lean_records", "logging_config")
 
 #: the attribute of a log record holding a finished job's fields
 JOB_FIELDS = "css_job"
@@ -66,6 +67,16 @@ def _text(value: object) -> str:
         return str(value)  # a number
     # a job's model name may hold spaces or line breaks: quoted, it cannot fake another field or line
     return value if _PLAIN.fullmatch(value) else encode_json(value).decode()
+
+
+def lean_records() -> None:
+    """Leave out of every log record what neither format shows: the caller's file and line (a
+    walk up the stack), the thread, the process and its name (the logging HOWTO's
+    "Optimization"). Set in each worker, where the job lines are logged."""
+    logging._srcfile = None  # documented: no findCaller() per record
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    if sys.version_info >= (3, 12):
+        logging.logAsyncioTasks = False
 
 
 def logging_config(log_format: str, level: str = "INFO") -> dict[str, Any]:
