@@ -167,9 +167,12 @@ async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(await _service(request).metrics_text(), media_type=CONTENT_TYPE)
 
 
-async def _jobs_refused_early(message: Any, scope: Any) -> None:
-    """Jobs the bearer guard refused are jobs too: counted and logged (`Recorder.answered_before`)."""
-    if message["type"] == "http.response.start":  # once per answer, not per chunk of a stream
+async def _answer_started(message: Any, scope: Any) -> None:
+    """Litestar's `before_send` hook, one for every message sent, acting on an answer's start: it
+    carries the request's id, and a job the bearer guard refused is counted and logged as a
+    job too (`Recorder.answered_before`)."""
+    if message["type"] == "http.response.start":
+        request_id.add_header(message, scope)
         service: Service | None = getattr(scope["litestar_app"].state, "service", None)
         if service is not None:
             await service.recorder.answered_before(message, scope)
@@ -207,7 +210,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         request_max_body_size=settings.max_body_bytes,
         lifespan=[lifespan],
         exception_handlers={CSSError: _css_error, HTTPException: _http_error, Exception: _internal_error},
-        before_send=[request_id.add_header, _jobs_refused_early],
+        before_send=[_answer_started],
         logging_config=None,
         openapi_config=OpenAPIConfig(title=SERVICE_ID, version=__version__),
     )

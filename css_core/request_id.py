@@ -35,8 +35,7 @@ def request_id(scope: MutableMapping[str, Any]) -> str:
     return known
 
 
-async def add_header(message: Any, scope: Any) -> None:  # Litestar's ASGI message and scope
-    """Litestar's `before_send` hook: the id goes on the start of every HTTP answer, errors included."""
-    if message["type"] == "http.response.start":
-        # a new list: a route may send a list it shares between answers
-        message["headers"] = [*message.get("headers", ()), (HEADER, request_id(scope).encode())]
+def add_header(message: Any, scope: Any) -> None:  # an ASGI `http.response.start` message and its scope
+    """Put the request's id on the start of an HTTP answer (`app.py` does, for every answer, errors included)."""
+    # a new list: a route may send a list it shares between answers
+    message["headers"] = [*message.get("headers", ()), (HEADER, request_id(scope).encode())]
