@@ -17,6 +17,7 @@ per base URL at start-up: aiohttp's own `trust_env` would read those variables a
 from __future__ import annotations
 
 import email.utils
+import functools
 import ssl
 import time
 import urllib.request
@@ -86,7 +87,7 @@ async def sse_events(response: httpx.Response) -> AsyncIterator[list[bytes]]:
     pending = b""
     data: list[bytes] = []
     try:
-        async for chunk in response.aiter_bytes():
+        async for chunk in _body(response):
             lines = (pending + chunk if pending else chunk).split(b"\n")
             pending = lines.pop()
             events: list[bytes] = []
@@ -173,21 +174,39 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+# A provider's URLs are few (a job's model may be in the path): each is parsed once.
+_parsed_url = functools.lru_cache(maxsize=1024)(httpx.URL)
+
+
 async def send(transport: httpx.AsyncBaseTransport, call: PreparedCall) -> httpx.Response:
-    """POST the call through `transport`; the response, its body not yet read."""
+    """POST the call through `transport`; the response, its body not yet read.
+
+    The body is given as a read stream rather than as `content`: `content` has httpx derive
+    `Host` and `Content-Length` and rebuild the headers for every call, which the transport's
+    pool does anyway (bench/RESULTS.md)."""
     timeout = {"connect": call.timeout, "read": call.timeout, "pool": call.timeout}
-    request = httpx.Request("POST", call.url, headers=call.headers, content=call.content,
-                            extensions={"timeout": timeout})
+    request = httpx.Request("POST", _parsed_url(call.url), headers=call.headers,
+                            stream=httpx.ByteStream(call.content), extensions={"timeout": timeout})
+    request.read()
     try:
         return await transport.handle_async_request(request)
     except httpx.TransportError as exc:
         raise unreachable(exc) from None
 
 
+def _body(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body of `response` as it arrives: straight from the transport's stream unless it is
+    content-encoded (then through httpx's decoders)."""
+    stream = response.stream
+    if "content-encoding" in response.headers or not isinstance(stream, httpx.AsyncByteStream):
+        return response.aiter_bytes()
+    return stream.__aiter__()
+
+
 async def read(response: httpx.Response) -> bytes:
     """The whole body of `response`, which is then closed."""
     try:
-        return await response.aread()
+        return b"".join([part async for part in _body(response)])
     except httpx.TransportError as exc:
         raise unreachable(exc) from None
     except httpx.DecodingError as exc:

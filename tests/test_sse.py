@@ -8,9 +8,14 @@ must answer exactly the concatenated text every time, and an off-chain job is un
 
 from __future__ import annotations
 
+import gzip
+import zlib
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
+from css_core.provider_http import read, sse_events
 from css_core.testing import Framing, ProviderDouble
 from tests.conftest import OFFCHAIN, STREAM, chat, job, post_job
 from tests.helpers import requires_plugin
@@ -68,3 +73,37 @@ def test_an_offchain_job_is_unchanged(double: ProviderDouble, url: str, http: ht
     assert response.status_code == 200, response.text
     assert response.json() == {"output": REPLY}
     assert double.requests[0].json.get("stream") is not True  # an ordinary JSON answer was asked for
+
+
+# -- an answer's body, content-encoded or not (a unit test of css_core.provider_http) -------------------------
+
+
+class _Parts(httpx.AsyncByteStream):
+    def __init__(self, *parts: bytes) -> None:
+        self.parts = parts
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for part in self.parts:
+            yield part
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+async def test_an_answer_is_read_whole_and_decoded(encoding: str | None) -> None:
+    body = b'{"choices": [{"message": {"content": "' + "ü".encode() * 1000 + b'"}}]}'
+    sent = gzip.compress(body) if encoding else body
+    headers = {"content-encoding": encoding} if encoding else {}
+    response = httpx.Response(200, headers=headers, stream=_Parts(sent[:100], sent[100:]))
+    assert await read(response) == body
+
+
+@pytest.mark.parametrize("encoding", [None, "gzip"])
+async def test_events_are_read_by_read_and_decoded(encoding: str | None) -> None:
+    stream = b"data: one\n\ndata: two\n\ndata: thr"  # the third event ends in the next read
+    rest = b"ee\n\ndata: [DONE]\n\n"
+    if encoding:
+        compressor = zlib.compressobj(wbits=31)  # gzip, flushed after each read
+        stream = compressor.compress(stream) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        rest = compressor.compress(rest) + compressor.flush()
+    headers = {"content-encoding": encoding} if encoding else {}
+    response = httpx.Response(200, headers=headers, stream=_Parts(stream, rest))
+    assert [events async for events in sse_events(response)] == [[b"one", b"two"], [b"three"]]
