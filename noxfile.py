@@ -183,8 +183,12 @@ PLUGIN_TESTS = {
 def tests(session: nox.Session) -> None:
     """The whole project's tests (core and plugins), without the compat suite."""
     _install_project(session, ["test"])
+    # Only the oldest Python runs the tests marked `processes` (the command line's processes,
+    # a plugin package installed): they take half the suite's time and do the same on every
+    # Python, where the in-process tests run the same code.
+    processes = [] if session.python == PYTHONS[0] else ["-m", "not processes"]
     # two pytest workers (pytest-xdist): most tests wait on sockets and subprocesses
-    session.run("pytest", "tests", "--ignore=tests/compat", "-n", "2", *session.posargs)
+    session.run("pytest", "tests", "--ignore=tests/compat", "-n", "2", *processes, *session.posargs)
 
 
 @nox.session(python=PYTHONS[0])

@@ -163,6 +163,18 @@ def registered(pm: pluggy.PluginManager, **named: object) -> Iterator[None]:
                 pm.unregister(name=name)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "processes: starts the command line's processes, or installs packages")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start the service by its command line (`launch`): the slowest, and
+    the same on every Python; CI runs them on the oldest one only (noxfile.py)."""
+    for item in items:
+        if "launch" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.processes)
+
+
 @pytest.fixture(scope="session")
 def _servers() -> Iterator[dict[object, InProcessServer]]:
     """Every in-process service of the session, by configuration; all stopped at its end."""

@@ -45,6 +45,8 @@ from tests.conftest import (
 )
 from tests.test_contract import completion_of, supported
 
+pytestmark = pytest.mark.processes  # installs a plugin package into the environment
+
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "plugins.md"
 DIST, VERSION = "css-acme", "1.0.0"

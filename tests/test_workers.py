@@ -39,15 +39,11 @@ def two_workers(double: ProviderDouble, launch: Callable[..., Launched], tmp_pat
     return service, metrics_dir
 
 
-def test_each_worker_listens_on_a_socket_of_its_own(two_workers: tuple[Launched, Path]) -> None:
-    service, _ = two_workers
-    assert listening_sockets(int(service.url.rsplit(":", 1)[1])) == 2
-
-
-def test_connections_are_spread_over_the_workers(
+def test_each_worker_listens_on_a_socket_of_its_own_and_connections_spread_over_them(
     double: ProviderDouble, two_workers: tuple[Launched, Path]
 ) -> None:
     service, metrics_dir = two_workers
+    assert listening_sockets(int(service.url.rsplit(":", 1)[1])) == 2
     double.response_delay = 0.01
     answers = one_connection_each(service.url, [job(chat(f"job {i}")) for i in range(80)], threads=8)
     assert {r.status_code for r in answers} == {200}
