@@ -161,31 +161,47 @@ class Workflow:
 
     async def _attempts(self, job: JobAttempts, attempt: Callable[[], Awaitable[T]], stream: bool) -> T:
         """The attempts at one provider, in one of its in-flight slots. A stream keeps its slot
-        once it has started: the stream frees it when it ends."""
+        once it has started: the stream frees it when it ends.
+
+        The first attempt is made before tenacity's loop (a job copies the retry policy only
+        once it needs it); when it fails, its failure is the loop's first outcome, so the
+        policy decides what follows it as it decides for every later attempt."""
         provider = job.provider
-        controller = job.controller(self._retrying[provider.spec.name, stream], self.settings.retry)
         record = current()
         self._occupy(provider)
         held = False
         sent_at: float | None = None
+
+        async def one() -> T:
+            nonlocal sent_at, held
+            sent_at = _clock()
+            try:
+                result = await attempt()
+            except Exception as exc:
+                record.attempt(outcome_of(exc), _clock() - sent_at)
+                sent_at = None
+                job.note(exc)
+                raise
+            record.attempt("ok", _clock() - sent_at)
+            held = stream
+            return result
+
         try:
             async with asyncio.timeout_at(job.deadline_at):
                 if provider.pool.paused:
                     await job.admit()
                 await record.admit(provider.spec.name, job.request.model)  # budgets: 429 before any call
+                try:
+                    return await one()
+                except Exception as exc:
+                    first: Exception | None = exc
+                controller = job.controller(self._retrying[provider.spec.name, stream], self.settings.retry)
                 async for try_ in controller:
                     with try_:
-                        sent_at = _clock()
-                        try:
-                            result = await attempt()
-                        except Exception as exc:
-                            record.attempt(outcome_of(exc), _clock() - sent_at)
-                            sent_at = None
-                            job.note(exc)
-                            raise
-                        record.attempt("ok", _clock() - sent_at)
-                        held = stream
-                        return result
+                        if first is not None:
+                            failed, first = first, None
+                            raise failed
+                        return await one()
         except TimeoutError as exc:
             if sent_at is not None:  # the deadline passed during an attempt
                 record.attempt("timeout", _clock() - sent_at)
