@@ -74,8 +74,9 @@ def _report(registry: Registry) -> None:
     for provider in registry.providers:
         spec = provider.spec
         if provider.served:
-            logger.info("serving %s (on-chain id %d: %s) at %s", spec.name, spec.onchain_id,
-                        ", ".join(spec.endpoints), _redact(provider.base_url))
+            onchain = f"on-chain id {spec.onchain_id}" if provider.onchain else "off-chain jobs only"
+            logger.info("serving %s (%s: %s) at %s", spec.name, onchain, ", ".join(spec.endpoints),
+                        _redact(provider.base_url))
         else:
             logger.warning("not serving %s: %s", spec.name, provider.unavailable_reason())
     if not registry.providers:

@@ -5,6 +5,7 @@ with or without a key, off-chain, on-chain and streamed; refused at start-up whe
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from eth_abi import decode
 
+from css_core.cli import _report
 from css_core.compatible import CompatiblePlugin
 from css_core.config import load_settings
 from css_core.errors import ConfigError
@@ -205,3 +207,14 @@ def test_the_command_line_refuses_a_clash(tmp_path: Path) -> None:
     entry = json.dumps({"LOCAL": {"base_url": "http://x", "onchain_id": 0}})
     result = run_command(env={"CSS_OPENAI_COMPATIBLE": entry}, cwd=tmp_path)
     assert result.returncode == 2 and "CSS_OPENAI_COMPATIBLE" in result.stderr and "OPENAI" in result.stderr
+
+
+def test_the_start_up_log_says_a_provider_without_an_on_chain_id_serves_off_chain_jobs_only(
+    double: ProviderDouble, caplog: pytest.LogCaptureFixture
+) -> None:
+    environ = {"CSS_OPENAI_COMPATIBLE": configured(double, LOCAL=LOCAL, OFFCHAIN={})}
+    registry = build_registry(load_settings(environ=environ, dotenv=None), *plugin_manager())
+    with caplog.at_level(logging.INFO, logger="css_core"):
+        _report(registry)
+    assert "serving LOCAL (on-chain id 9: completions, embeddings)" in caplog.text
+    assert "serving OFFCHAIN (off-chain jobs only: completions)" in caplog.text

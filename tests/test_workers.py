@@ -65,3 +65,21 @@ def test_a_worker_that_dies_is_replaced_and_no_connection_waits_for_it(
     # connections hashed to the dead worker's socket are served by its replacement
     answers = one_connection_each(service.url, [job(chat(f"job {i}")) for i in range(40)], threads=8)
     assert {r.status_code for r in answers} == {200}
+
+
+def test_a_restart_gives_each_new_worker_a_socket_of_its_own(
+    double: ProviderDouble, two_workers: tuple[Launched, Path]
+) -> None:
+    """SIGHUP: uvicorn replaces the workers one by one; each replacement serves its slot's socket."""
+    service, metrics_dir = two_workers
+    pids = set(worker_files(metrics_dir, "gauge_livesum"))
+    service.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 90
+    while len(set(worker_files(metrics_dir, "gauge_livesum")) - pids) < 2:  # both replacements started
+        assert time.monotonic() < deadline, "the workers were not replaced"
+        time.sleep(0.1)
+    new = set(worker_files(metrics_dir, "gauge_livesum")) - pids
+    answers = one_connection_each(service.url, [job(chat(f"job {i}")) for i in range(60)], threads=8)
+    assert {r.status_code for r in answers} == {200}  # no socket is left without a worker
+    counts = {pid: n for pid, n in jobs_by_worker(metrics_dir).items() if pid in new}
+    assert len(counts) == 2 and min(counts.values()) >= 10, counts
