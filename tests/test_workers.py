@@ -44,6 +44,11 @@ def two_workers(double: ProviderDouble, launch: Callable[..., Launched], tmp_pat
     metrics_dir.mkdir()
     service = launch(service_env(double, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)))
     wait_for_workers(metrics_dir)
+    # a worker listens once its start-up is done, a little after it writes its metrics
+    port, deadline = int(service.url.rsplit(":", 1)[1]), time.monotonic() + 60
+    while listening_sockets(port) < 2:
+        assert time.monotonic() < deadline, f"{listening_sockets(port)} socket(s) listening"
+        time.sleep(0.1)
     return service, metrics_dir
 
 
@@ -51,7 +56,7 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_connections_spread_over_
     double: ProviderDouble, two_workers: tuple[Launched, Path]
 ) -> None:
     service, metrics_dir = two_workers
-    assert listening_sockets(int(service.url.rsplit(":", 1)[1])) == 2
+    assert listening_sockets(int(service.url.rsplit(":", 1)[1])) == 2  # (and no more)
     double.response_delay = 0.01
     answers = one_connection_each(service.url, [job(chat(f"job {i}")) for i in range(80)], threads=8)
     assert {r.status_code for r in answers} == {200}
