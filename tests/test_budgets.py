@@ -217,7 +217,7 @@ def test_three_requests_an_hour_let_exactly_three_of_six_jobs_through_two_worker
 ) -> None:
     env = budgeted_env(double, tmp_path)
     service = launch(env, workers=2)
-    wait_for_workers(Path(env["PROMETHEUS_MULTIPROC_DIR"]))
+    wait_for_workers(Path(env["PROMETHEUS_MULTIPROC_DIR"]), url=service.url)
     away_from_the_window_edge()
     double.response_delay = 0.1  # the jobs overlap: both workers take some, at once
     answers = one_connection_each(service.url, [job(chat(f"job {i}")) for i in range(6)])
@@ -226,7 +226,9 @@ def test_three_requests_an_hour_let_exactly_three_of_six_jobs_through_two_worker
     for refused in (a for a in answers if a.status_code == 429):
         assert_error(refused, 429, "'*'", "3 requests per hour", "CSS_BUDGETS")
         assert 1 <= int(refused.headers["retry-after"]) <= 3600
-    assert len(jobs_by_worker(Path(env["PROMETHEUS_MULTIPROC_DIR"]))) == 2
+    # the kernel hashes each connection to a worker's socket: both take some of the six,
+    # but for one run in 32, when all six land on one (the count is exact either way)
+    assert sum(jobs_by_worker(Path(env["PROMETHEUS_MULTIPROC_DIR"])).values()) == 6
     seen = scrape(http, service.url)
     assert seen.value("css_budget_used", budget="*", unit="requests_per_hour") == 3
     assert seen.value("css_budget_limit", budget="*", unit="requests_per_hour") == 3

@@ -107,13 +107,27 @@ def one_connection_each(url: str, bodies: list[Any], threads: int = 6) -> list[h
 # -- across the workers ---------------------------------------------------------------------------------------
 
 
-def wait_for_workers(metrics_dir: Path, count: int = 2, timeout: float = 90.0) -> None:
+def wait_for_workers(metrics_dir: Path, count: int = 2, timeout: float = 90.0, url: str | None = None) -> None:
     """Until `count` workers have started: each writes its in-flight file when it starts (a loaded
-    machine may take many seconds to start the second worker after the first answers)."""
+    machine may take many seconds to start the second worker after the first answers); with
+    `url`, until each also listens on its socket, which it does a little after (Linux)."""
     deadline = time.monotonic() + timeout
     while len(worker_files(metrics_dir, "gauge_livesum")) < count:
         assert time.monotonic() < deadline, sorted(metrics_dir.iterdir())
         time.sleep(0.1)
+    if url is None or not Path("/proc/net/tcp").exists():
+        return
+    port = int(url.rsplit(":", 1)[1])
+    while listening_sockets(port) < count:
+        assert time.monotonic() < deadline, f"{listening_sockets(port)} of {count} workers listen"
+        time.sleep(0.1)
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:`port` (state 0A in /proc/net/tcp)."""
+    address = f"0100007F:{port:04X}"
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row[1] == address and row[3] == "0A")
 
 
 def worker_files(metrics_dir: Path, kind: str) -> dict[str, Path]:
@@ -138,7 +152,7 @@ def test_jobs_add_up_across_two_workers(
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     service = launch(service_env(double, CSS_REQUEST_TRIES="1", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)))
-    wait_for_workers(metrics_dir)
+    wait_for_workers(metrics_dir, url=service.url)
     double.response_delay = 0.05  # jobs overlap, so both workers take some
     ok = [job(chat(f"job {i}")) for i in range(12)]
     assert {r.status_code for r in one_connection_each(service.url, ok)} == {200}

@@ -17,25 +17,16 @@ import pytest
 
 from tests.conftest import Launched, chat, job, service_env
 from tests.provider_double import ProviderDouble
-from tests.test_metrics import jobs_by_worker, one_connection_each, wait_for_workers, worker_files
+from tests.test_metrics import (
+    jobs_by_worker,
+    listening_sockets,
+    one_connection_each,
+    wait_for_workers,
+    worker_files,
+)
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"),
                                 reason="SO_REUSEPORT listeners, read from /proc/net/tcp: Linux only")
-
-
-def alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def listening_sockets(port: int) -> int:
-    """How many sockets listen on 127.0.0.1:`port` (state 0A in /proc/net/tcp)."""
-    address = f"0100007F:{port:04X}"
-    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(1 for line in lines if line.split()[1] == address and line.split()[3] == "0A")
 
 
 @pytest.fixture
@@ -43,12 +34,7 @@ def two_workers(double: ProviderDouble, launch: Callable[..., Launched], tmp_pat
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     service = launch(service_env(double, PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)))
-    wait_for_workers(metrics_dir)
-    # a worker listens once its start-up is done, a little after it writes its metrics
-    port, deadline = int(service.url.rsplit(":", 1)[1]), time.monotonic() + 60
-    while listening_sockets(port) < 2:
-        assert time.monotonic() < deadline, f"{listening_sockets(port)} socket(s) listening"
-        time.sleep(0.1)
+    wait_for_workers(metrics_dir, url=service.url)
     return service, metrics_dir
 
 
@@ -78,23 +64,3 @@ def test_a_worker_that_dies_is_replaced_and_no_connection_waits_for_it(
     # connections hashed to the dead worker's socket are served by its replacement
     answers = one_connection_each(service.url, [job(chat(f"job {i}")) for i in range(40)], threads=8)
     assert {r.status_code for r in answers} == {200}
-
-
-def test_a_restart_gives_each_new_worker_a_socket_of_its_own(
-    double: ProviderDouble, two_workers: tuple[Launched, Path]
-) -> None:
-    """SIGHUP: uvicorn replaces the workers one by one; each replacement serves its slot's socket."""
-    service, metrics_dir = two_workers
-    pids = set(worker_files(metrics_dir, "gauge_livesum"))
-    service.process.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 90
-    # both replacements started, and the workers they replace have exited (an old worker
-    # stopping closes the connections it accepted but has not read yet, socket or no socket)
-    while len(set(worker_files(metrics_dir, "gauge_livesum")) - pids) < 2 or any(map(alive, pids)):
-        assert time.monotonic() < deadline, "the workers were not replaced"
-        time.sleep(0.1)
-    new = set(worker_files(metrics_dir, "gauge_livesum")) - pids
-    answers = one_connection_each(service.url, [job(chat(f"job {i}")) for i in range(60)], threads=8)
-    assert {r.status_code for r in answers} == {200}  # no socket is left without a worker
-    counts = {pid: n for pid, n in jobs_by_worker(metrics_dir).items() if pid in new}
-    assert len(counts) == 2 and min(counts.values()) >= 10, counts
