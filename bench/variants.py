@@ -12,8 +12,8 @@ Served by any ASGI server with this directory on PYTHONPATH, e.g.:
   Python + ASGI + aiohttp.
 - `minimal_httpx_app`: the same raw ASGI app, its provider call made as the core makes it:
   an `httpx.Request` sent through the worker's `httpx-aiohttp` transport
-  (`css_core.provider_http.ProviderHTTP`, `send` + `read`, streams through `chunks` +
-  `sse_data`). Against `minimal_app`, it shows what the httpx layer costs; against
+  (`css_core.provider_http.ProviderHTTP`, `send` + `read`, streams through `sse_events`).
+  Against `minimal_app`, it shows what the httpx layer costs; against
   `baseline_app`, what Litestar's routing, pluggy, tenacity and the workflow cost.
 
 Both minimal apps merge the job's `extra_args` into the provider body (as the service
@@ -181,7 +181,7 @@ def minimal_app() -> Any:
 
 def minimal_httpx_app() -> Any:
     from css_core.config import load_settings
-    from css_core.provider_http import ProviderHTTP, chunks, read, send, sse_data
+    from css_core.provider_http import ProviderHTTP, read, send, sse_events
     from css_core.types import PreparedCall
 
     _, headers = _target()
@@ -197,8 +197,9 @@ def minimal_httpx_app() -> Any:
         assert http.transport is not None
         response = await send(http.transport, PreparedCall(url, headers, content, timeout))
         try:
-            async for data in sse_data(chunks(response)):
-                yield data
+            async for events in sse_events(response):
+                for data in events:
+                    yield data
         finally:
             await response.aclose()
 

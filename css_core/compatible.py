@@ -106,5 +106,9 @@ class CompatiblePlugin:
         return openai_format.chat_stream_text(data)
 
     @hookimpl
+    def css_stream_without_text(self, events: list[bytes]) -> None:
+        openai_format.chat_stream_without_text(self.spec.name, events)
+
+    @hookimpl
     def css_usage(self, data: bytes) -> Usage | None:
         return openai_format.usage(data)

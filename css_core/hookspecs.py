@@ -37,6 +37,7 @@ __all__ = (
     "css_postprocess",
     "css_provider",
     "css_read_error",
+    "css_stream_without_text",
     "css_usage",
     "hookimpl",
     "hookspec",
@@ -158,6 +159,18 @@ def css_parse_stream_event(spec: ProviderSpec, request: CSSRequest, data: bytes)
     carries no text (a role-only delta, a keep-alive) and is skipped. Raise
     `ProviderBadResponse` for an event that cannot be read or that reports an error: before
     the first text it is retried like a 5xx; after it, the stream ends as a cut stream.
+    """
+
+
+@hookspec(firstresult=True)
+def css_stream_without_text(spec: ProviderSpec, request: CSSRequest, events: list[bytes]) -> None:
+    """Say why a stream ended before any of its events carried text.
+
+    Called once per such attempt, with the payloads of the stream's last events (up to 8,
+    in order), before the attempt fails and is retried like an unreadable answer. Raise
+    `ProviderBadResponse` naming the provider's reason (a finish reason, a refusal, thinking
+    that spent every output token): the job's error quotes it. `None` (no reason found):
+    the core's own message, "the stream ended without any text".
     """
 
 

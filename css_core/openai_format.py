@@ -10,9 +10,13 @@ from typing import Any
 
 import msgspec
 
+from css_core.errors import ProviderBadResponse
 from css_core.types import CSSRequest, ProviderCall, Usage
 
-__all__ = ("chat_call", "chat_result", "chat_stream_text", "embeddings_call", "embeddings_result", "usage")
+__all__ = (
+    "chat_call", "chat_result", "chat_stream_text", "chat_stream_without_text", "embeddings_call",
+    "embeddings_result", "usage",
+)
 
 
 class _Message(msgspec.Struct):
@@ -33,6 +37,7 @@ class _Delta(msgspec.Struct):
 
 class _StreamChoice(msgspec.Struct):
     delta: _Delta
+    finish_reason: str | None = None
 
 
 class _ChatCompletionChunk(msgspec.Struct):
@@ -87,6 +92,15 @@ def chat_stream_text(data: bytes) -> str | None:
     """`choices[0].delta.content` of a streamed chat-completion chunk."""
     choices = _chunk.decode(data).choices
     return choices[0].delta.content if choices else None
+
+
+def chat_stream_without_text(name: str, events: list[bytes]) -> None:
+    """Raise, naming the last `finish_reason`, for a chat-completion stream that carried no
+    text (`length`: reasoning spent every output token; `content_filter`; `tool_calls`)."""
+    for data in reversed(events):
+        choices = _chunk.decode(data).choices
+        if choices and (reason := choices[0].finish_reason):
+            raise ProviderBadResponse(f"{name} answered no text (finish_reason: {reason})")
 
 
 def embeddings_call(request: CSSRequest, path: str = "/embeddings") -> ProviderCall:

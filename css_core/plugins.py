@@ -60,6 +60,7 @@ class Hooks:
     postprocess: pluggy.HookCaller
     parse_stream_event: pluggy.HookCaller
     usage: pluggy.HookCaller
+    stream_without_text: pluggy.HookCaller
 
 
 def _hooks(pm: pluggy.PluginManager, others: list[object]) -> Hooks:
@@ -75,6 +76,7 @@ def _hooks(pm: pluggy.PluginManager, others: list[object]) -> Hooks:
         postprocess=caller("css_postprocess"),
         parse_stream_event=caller("css_parse_stream_event"),
         usage=caller("css_usage"),
+        stream_without_text=caller("css_stream_without_text"),
     )
 
 

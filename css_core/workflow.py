@@ -19,6 +19,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
@@ -271,16 +272,24 @@ class Workflow:
         async def attempt() -> tuple[AsyncIterator[Any], str]:
             upstream = hooks.call_stream(spec=spec, call=job.call(timeout), client=client, transport=transport)
             job.input_tokens = job.output_tokens = 0  # a failed attempt's usage is not the answer's
+            without_text: deque[bytes] = deque(maxlen=8)  # for the plugin to say why, if no text comes
             try:
                 async for events in upstream:
                     if text := job.texts_of(events):
                         return upstream, text
+                    if isinstance(events, bytes):
+                        without_text.append(events)
+                    else:
+                        without_text.extend(events)
             except BaseException as exc:
                 await close_events(upstream)
                 raise job.attempt_failure(exc) from None
             await close_events(upstream)
             # an empty answer is no answer: never a stream of nothing (e.g. thinking that spent
-            # every output token)
+            # every output token); the plugin may say why from the last events
+            if without_text:
+                job.plugin_step(hooks.stream_without_text, "stream's last events", request=job.request,
+                                events=list(without_text))
             raise ProviderBadResponse("the stream ended without any text")
 
         return self._attempts(job, attempt, True)

@@ -2,8 +2,7 @@
 them across 2 workers (SQLite) and across two instances sharing a real `redis-server`.
 
 The Redis tests start `redis-server` on a free loopback port; where there is no such binary
-they are skipped, saying so. Tests marked `needs_wiring` count tokens, which only the workflow
-sees (`css_core.record`): they are expected to fail until it reports usage to the job's record.
+they are skipped, saying so.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from tests.conftest import (
 )
 from tests.helpers import requires_plugin
 from tests.provider_double import ProviderDouble
-from tests.test_metrics import jobs_by_worker, needs_wiring, one_connection_each, scrape, wait_for_workers
+from tests.test_metrics import jobs_by_worker, one_connection_each, scrape, wait_for_workers
 
 needs_openai = requires_plugin("css_openai")
 REDIS_SERVER = shutil.which("redis-server")
@@ -286,7 +285,6 @@ def test_a_token_budget_lets_the_job_that_crosses_it_complete(
 
 
 @needs_openai
-@needs_wiring
 def test_a_job_over_budget_falls_back_to_a_target_whose_budget_allows_it(
     service: Callable[..., str], http: httpx.Client, double: ProviderDouble, tmp_path: Path
 ) -> None:

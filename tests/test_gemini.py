@@ -220,12 +220,9 @@ THOUGHTS_ONLY = candidate({"text": "Let me think…", "thought": True}, finish="
 
 
 # A stream whose chunks all end normally (STOP, MAX_TOKENS) without text: each chunk alone is
-# fine (the last one of a stream often has no text), and the plugin sees one chunk at a time.
-EMPTY_STREAM = pytest.mark.xfail(strict=True, reason="core gap: a stream that ends without any text is a 200 "
-                                 "with an empty body; no hook can refuse it")
+# fine (the last one of a stream often has no text); `css_stream_without_text` names why.
 WITHOUT_TEXT = [
-    pytest.param(answer, reason, destination, id=f"{name}-{where}",
-                 marks=EMPTY_STREAM if (name, destination) == ("thoughts-only", STREAM) else ())
+    pytest.param(answer, reason, destination, id=f"{name}-{where}")
     for name, answer, reason in [("blocked-prompt", BLOCKED, "blockReason: PROHIBITED_CONTENT"),
                                  ("safety-stop", STOPPED, "finishReason: SAFETY"),
                                  ("thoughts-only", THOUGHTS_ONLY, "finishReason: MAX_TOKENS")]

@@ -3,10 +3,6 @@
 The cross-worker tests start the service by its command line with 2 workers (`launch`);
 the others run it in this process (`service`), where each app writes its metrics to a
 directory of its own. Every scrape is parsed with prometheus_client's own parser.
-
-Tests marked `needs_wiring` read what only the workflow can report (its attempts, its
-fallbacks, the provider's token usage: `css_core.record`); they are expected to fail until
-`css_core/workflow.py` reports to the job's record, and run as ordinary tests from then on.
 """
 
 from __future__ import annotations
@@ -18,11 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-import css_core.workflow
 from css_core.config import load_settings
 from css_core.metrics import outcome_of
 from css_core.plugins import build_registry
@@ -49,17 +43,6 @@ FAMILIES = {
     "css_in_flight", "css_stream_first_chunk_seconds", "gen_ai_client_operation_duration_seconds",
     "gen_ai_client_token_usage", "css_budget_used", "css_budget_limit",
 }
-
-
-def _workflow_reports() -> bool:
-    """Whether the workflow reports to the job's record (then the `needs_wiring` tests must pass)."""
-    return "css_core.record" in Path(css_core.workflow.__file__).read_text(encoding="utf-8")
-
-
-needs_wiring = pytest.mark.xfail(
-    not _workflow_reports(), strict=True,
-    reason="needs css_core/workflow.py to report attempts, fallbacks and usage to css_core.record.current()",
-)
 
 
 # -- reading a scrape ----------------------------------------------------------------------------------------
@@ -288,7 +271,6 @@ def test_outcomes_are_named_as_documented() -> None:
     assert outcome_of(ProviderBadResponse("not JSON")) == "bad_response"
 
 
-@needs_wiring
 def test_each_attempt_is_counted_by_its_outcome(
     service: Callable[..., str], http: httpx.Client, double: ProviderDouble
 ) -> None:
@@ -336,7 +318,6 @@ def test_token_usage_of_a_stream_is_asked_for_and_observed(
     assert token_usage(before, scrape(http, url), "openai", "gpt-4") == (3, 6)
 
 
-@needs_wiring
 def test_a_fallback_is_counted(service: Callable[..., str], http: httpx.Client, double: ProviderDouble) -> None:
     url = service(CSS_REQUEST_TRIES="1", CSS_FALLBACKS='{"OPENAI/gpt-4": ["OPENAI/gpt-4o"]}')
     before = scrape(http, url).value("css_fallbacks_total", from_provider="OPENAI", to_provider="OPENAI")

@@ -21,7 +21,7 @@ import pytest
 
 from css_core import openai_format
 from css_core.config import Settings, load_settings
-from css_core.errors import ConfigError, ProviderHTTPError
+from css_core.errors import ConfigError, ProviderBadResponse, ProviderHTTPError
 from css_core.hookspecs import hookimpl
 from css_core.logs import JOB_FIELDS as LOG_FIELDS
 from css_core.plugins import PluginInfo, build_registry, plugin_manager
@@ -595,3 +595,52 @@ def test_hook_css_usage_unreadable_is_logged_and_the_job_keeps_its_answer(
     assert len(double.requests) == 1  # not retried
     assert "could not read the answer's usage" in caplog.text
     assert "input_tokens" not in fields
+
+
+# -- css_stream_without_text --------------------------------------------------------------------------------
+
+
+class SaysWhy(Counts):
+    """Its events say why they stopped (`{"stop": reason}`); a stream of none with text names it."""
+
+    seen: list[list[bytes]]
+
+    @hookimpl
+    def css_stream_without_text(self, events: list[bytes]) -> None:
+        self.seen.append(events)
+        for data in events:
+            if stop := msgspec.json.decode(data).get("stop"):
+                raise ProviderBadResponse(f"ACME stopped ({stop})")
+
+
+@pytest.mark.parametrize(("stop", "said"), [("refused", "ACME stopped (refused)"),
+                                            (None, "the stream ended without any text")])
+def test_hook_css_stream_without_text_names_why_from_the_last_event(
+    double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client,
+    stop: str | None, said: str,
+) -> None:
+    events = [{"n": [5, 0]}, {"stop": stop}, {"n": [5, 9]}, *[{}] * 6]
+    double.add_route(Route("POST", r"/acme/chat/completions", Stream(events)))
+    plugin = SaysWhy()
+    plugin.seen = []
+    with registered(pm, acme=plugin):
+        url = serve_acme(CSS_REQUEST_TRIES="2")
+        response = post_job(http, url, acme_job() | {"destination": STREAM})
+    assert_error(response, 502, "ACME failed after 2 attempt(s)", said)
+    assert len(double.requests) == 2  # retried like an unreadable answer
+    # once an attempt, with its last 8 events
+    assert [[msgspec.json.decode(data) for data in seen] for seen in plugin.seen] == [events[1:]] * 2
+
+
+def test_hook_css_stream_without_text_is_not_called_for_a_stream_with_text(
+    double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client,
+) -> None:
+    events = [{"text": "a"}, {"n": [1, 1], "stop": "length"}]
+    double.add_route(Route("POST", r"/acme/chat/completions", Stream(events)))
+    plugin = SaysWhy()
+    plugin.seen = []
+    with registered(pm, acme=plugin):
+        url = serve_acme()
+        response = post_job(http, url, acme_job() | {"destination": STREAM})
+    assert (response.status_code, response.text) == (200, "a")
+    assert plugin.seen == []

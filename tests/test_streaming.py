@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import STREAM, assert_error, chat, job, post_job
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble
+from tests.provider_double import Fault, ProviderDouble, Route, Stream
 
 pytestmark = requires_plugin("css_openai")
 
@@ -122,3 +122,20 @@ def test_client_disconnect_is_noticed_before_the_providers_next_event(
         next(response.iter_raw())
     # not at the service's next write (4.5 s away): the provider's stream is closed at once
     assert double.wait_for_streams(1, timeout=4) == ["client_closed"]
+
+
+def chunk(delta: dict[str, str], finish_reason: str | None = None) -> dict[str, object]:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+    return {"object": "chat.completion.chunk", "choices": [choice]}
+
+
+@pytest.mark.parametrize("reason", ["length", "content_filter"])
+def test_stream_without_text_is_a_502_naming_the_finish_reason(
+    double: ProviderDouble, url: str, http: httpx.Client, reason: str
+) -> None:
+    """A reasoning model that spent every output token thinking streams no text at all."""
+    usage = {"object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9}}
+    double.add_route(Route("POST", r"/chat/completions",
+                           Stream([chunk({"role": "assistant"}), chunk({}, reason), usage], done=True)))
+    response = post_job(http, url, STREAM_JOB)
+    assert_error(response, 502, "OPENAI failed after", f"OPENAI answered no text (finish_reason: {reason})")

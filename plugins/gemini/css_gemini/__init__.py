@@ -22,6 +22,8 @@ Completions: `POST /v1beta/models/{model}:generateContent` with
   chunk of the same shape, and the stream ends by closing. A chunk may carry no text (the
   last one, with `finishReason: STOP`); one holding an `error` object, a `blockReason`, or
   a `finishReason` other than `STOP` / `MAX_TOKENS` without text ends the stream as failed.
+  A stream that ends without any text (thoughts that spent every output token) is an
+  error naming its last chunk's `finishReason`.
 
 Usage: `usageMetadata` of the answer (of each streamed chunk, a running total): input is
 `promptTokenCount`, output `candidatesTokenCount` plus the thoughts' `thoughtsTokenCount`.
@@ -195,6 +197,11 @@ def css_postprocess(request: CSSRequest, body: bytes) -> Result | None:
 @hookimpl
 def css_parse_stream_event(data: bytes) -> str | None:
     return _text(data, streamed=True)
+
+
+@hookimpl
+def css_stream_without_text(events: list[bytes]) -> None:
+    _text(events[-1], streamed=False)  # no text: raises, naming the finishReason or blockReason
 
 
 @hookimpl

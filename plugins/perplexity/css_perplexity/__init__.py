@@ -48,5 +48,10 @@ def css_parse_stream_event(data: bytes) -> str | None:
 
 
 @hookimpl
+def css_stream_without_text(spec: ProviderSpec, events: list[bytes]) -> None:
+    openai_format.chat_stream_without_text(spec.name, events)
+
+
+@hookimpl
 def css_usage(data: bytes) -> Usage | None:
     return openai_format.usage(data)
