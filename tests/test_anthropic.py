@@ -279,6 +279,14 @@ def test_ANTHROPIC_refusal_is_not_an_empty_output(double: ProviderDouble, url: s
     assert_error(post_job(http, url, job(request())), 502, "stop_reason: refusal")
 
 
+def test_ANTHROPIC_streamed_refusal_is_a_502_naming_it(double: ProviderDouble, url: str, http: httpx.Client) -> None:
+    delta = Event({"type": "message_delta", "delta": {"stop_reason": "refusal", "stop_sequence": None},
+                   "usage": {"output_tokens": 0}}, "message_delta")
+    replay_after(double, *[Stream([MESSAGE_START, delta, Event({"type": "message_stop"}, "message_stop")])] * 3)
+    assert_error(post_job(http, url, job(request(), destination=STREAM)), 502,
+                 "ANTHROPIC failed after 3 attempt(s)", "ANTHROPIC answered no text (stop_reason: refusal)")
+
+
 def test_ANTHROPIC_has_no_embeddings(double: ProviderDouble, url: str, http: httpx.Client) -> None:
     data = {"provider": "ANTHROPIC", "endpoint": "embeddings", "model": MODEL, "params": {"input": "x"}}
     assert_error(post_job(http, url, job(data)), 400, "ANTHROPIC has no 'embeddings' endpoint")

@@ -17,7 +17,8 @@ Completions: `POST /v1/messages` with `{model, max_tokens, system?, messages}`.
   `content_block_stop`, `message_delta`, `message_stop`. The text is the `delta.text` of
   each `content_block_delta` whose `delta.type` is `text_delta`; an `error` event
   (`{"type": "error", "error": {"type": "overloaded_error", "message": ...}}`) ends it.
-  The stream ends by closing (no `[DONE]`).
+  The stream ends by closing (no `[DONE]`). A stream without text is an error naming the
+  `stop_reason` of its `message_delta` (e.g. `refusal`).
 - Usage: the message's `usage` (`input_tokens`, `output_tokens`); streamed, the
   `message.usage` of `message_start` and the running `usage` of each `message_delta`.
 
@@ -48,9 +49,10 @@ MODELS = (
 )
 
 
-class _Block(msgspec.Struct):
+class _Block(msgspec.Struct):  # a content block, or an event's delta
     type: str = ""
     text: str = ""
+    stop_reason: str | None = None  # a `message_delta`'s
 
 
 class _Usage(msgspec.Struct):
@@ -138,6 +140,14 @@ def css_parse_stream_event(data: bytes) -> str | None:
     if event.type == "content_block_delta" and event.delta is not None and event.delta.type == "text_delta":
         return event.delta.text
     return None
+
+
+@hookimpl
+def css_stream_without_text(events: list[bytes]) -> None:
+    for data in reversed(events):
+        event = _event.decode(data)
+        if event.type == "message_delta" and event.delta is not None and event.delta.stop_reason:
+            raise ProviderBadResponse(f"ANTHROPIC answered no text (stop_reason: {event.delta.stop_reason})")
 
 
 @hookimpl
