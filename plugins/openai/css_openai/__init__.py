@@ -1,7 +1,9 @@
 """OpenAI, as its API reference describes it.
 
 - Chat completions: `POST /chat/completions` `{model, messages}`; the text is
-  `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`.
+  `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`. A
+  stream without text (a reasoning model out of tokens) is an error naming its
+  `finish_reason`.
 - Embeddings: `POST /embeddings` `{model, input}`; the vector is `data[0].embedding`.
 - Usage: `usage.prompt_tokens` / `usage.completion_tokens` of the answer; a stream asks for
   it with `stream_options.include_usage` and gets it in a last chunk with no choices.

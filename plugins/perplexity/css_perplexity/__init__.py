@@ -1,8 +1,8 @@
 """PerplexityAI, as its API reference describes it.
 
 Chat completions: `POST /chat/completions` `{model, messages}`, OpenAI's format; the text
-is `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`.
-Its `usage` (`prompt_tokens`, `completion_tokens`) comes with the answer, and with each
+is `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`
+(a stream without text is an error naming its `finish_reason`). Its `usage` (`prompt_tokens`, `completion_tokens`) comes with the answer, and with each
 streamed chunk unasked.
 """
 
