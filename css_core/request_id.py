@@ -1,15 +1,15 @@
 """Request ids: every answer carries one in `x-request-id`, and the job's log lines name it.
 
 A request's own `x-request-id` (1-128 characters of `A-Za-z0-9._-`) is kept; any other
-value, or none, is replaced by a new id. The id is kept in the request's `scope["state"]`,
-which every copy of the scope shares, so the job route and the hook that adds the header to
-the answer see the same id. `current` holds it for the log lines of the task serving it.
+value, or none, is replaced by a new id (32 random hex digits). The id is kept in the
+request's `scope["state"]`, which every copy of the scope shares, so the job route and the
+hook that adds the header to the answer see the same id. `current` holds it for the log lines of the task serving it.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from collections.abc import MutableMapping
 from contextvars import ContextVar
 from typing import Any
@@ -30,7 +30,7 @@ def request_id(scope: MutableMapping[str, Any]) -> str:
     known: str | None = state.get(_STATE_KEY)
     if known is None:
         given = next((value for name, value in scope["headers"] if name == HEADER), None)
-        known = given.decode("ascii") if given is not None and _VALID.fullmatch(given) else uuid.uuid4().hex
+        known = given.decode("ascii") if given is not None and _VALID.fullmatch(given) else os.urandom(16).hex()
         state[_STATE_KEY] = known
     return known
 
