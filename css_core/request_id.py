@@ -3,7 +3,8 @@
 A request's own `x-request-id` (1-128 characters of `A-Za-z0-9._-`) is kept; any other
 value, or none, is replaced by a new id (32 random hex digits). The id is kept in the
 request's `scope["state"]`, which every copy of the scope shares, so the job route and the
-hook that adds the header to the answer see the same id. `current` holds it for the log lines of the task serving it.
+hook that adds the header to the answer see the same id. `current` holds it for the log
+lines of the task serving it.
 """
 
 from __future__ import annotations
