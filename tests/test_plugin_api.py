@@ -1,8 +1,9 @@
 """The plugin API, hook by hook, over real sockets: inline plugin classes registered on a plugin
 manager (and unregistered after), served by the real app in front of the provider double.
 
-Most plugins here are `Acme`, an OpenAI-compatible provider built on `css_core.openai_format`
-and served at the double (`ACME_BASE_URL={double}/acme`), with one hook changed per test.
+Most plugins here are `Acme` (`tests/acme.py`), an OpenAI-compatible provider built on
+`css_core.openai_format` and served at the double, with one hook changed per test. A
+plugin's token usage and its reasons for a stream without text: `test_plugin_usage.py`.
 Tests named `test_hook_<hook>...` count for the meta-test of `test_plugins.py`.
 """
 
@@ -21,36 +22,18 @@ import pytest
 
 from css_core import openai_format
 from css_core.config import Settings, load_settings
-from css_core.errors import ConfigError, ProviderBadResponse, ProviderHTTPError
+from css_core.errors import ConfigError, ProviderHTTPError
 from css_core.hookspecs import hookimpl
-from css_core.logs import JOB_FIELDS as LOG_FIELDS
 from css_core.plugins import PluginInfo, build_registry, plugin_manager
-from css_core.types import JOB_FIELDS, CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result, Usage
-from tests.conftest import KEY, STREAM, assert_error, chat, job, post_job, registered, service_env
+from css_core.types import JOB_FIELDS, CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
+from tests.acme import Acme, acme_env, acme_job, serve_acme
+from tests.conftest import KEY, assert_error, chat, job, post_job, registered
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble, Route, Stream
+from tests.provider_double import Fault, ProviderDouble, Route
+
+__all__ = ("serve_acme",)  # the fixture, imported for pytest to find
 
 TRIES = 3
-
-
-class Acme:
-    """An OpenAI-compatible provider at the double, as a third party writes one."""
-
-    def __init__(self, name: str = "ACME", onchain_id: int = 70, **fields: Any) -> None:
-        self.spec = ProviderSpec(name=name, onchain_id=onchain_id, api_key_env=f"{name}_API_KEY",
-                                 default_base_url=f"http://{name.lower()}.invalid", **fields)
-
-    @hookimpl
-    def css_provider(self) -> ProviderSpec:
-        return self.spec
-
-    @hookimpl
-    def css_encode_params(self, request: CSSRequest) -> ProviderCall | None:
-        return openai_format.chat_call(request)
-
-    @hookimpl
-    def css_postprocess(self, body: bytes) -> Result | None:
-        return openai_format.chat_result(body)
 
 
 # the operator's and the plugin's options, and a job's, each overriding the one before
@@ -59,25 +42,6 @@ KW_ARGS = '{"top_p": 0.7, "ACME": {"max_tokens": 20}}'
 EXTRA_ARGS = {"max_tokens": 30, "seed": 1}
 OPERATOR_OPTIONS = {"temperature": 0.5, "top_p": 0.7, "max_tokens": 20}
 JOB_OPTIONS = {"temperature": 0.5, "top_p": 0.7, "max_tokens": 30, "seed": 1}
-
-
-def acme_env(double: ProviderDouble, **overrides: str | None) -> dict[str, str]:
-    return {"ACME_API_KEY": KEY, "ACME_BASE_URL": f"{double.url}/acme", **service_env(double, **overrides)}
-
-
-@pytest.fixture
-def serve_acme(double: ProviderDouble, serve: Callable[..., str], pm: pluggy.PluginManager) -> Callable[..., str]:
-    """`serve_acme(infos=None, **env_overrides) -> url`: the plugins registered on `pm` now, served
-    with ACME's key and base URL at the double."""
-
-    def start(infos: dict[str, PluginInfo] | None = None, **overrides: str | None) -> str:
-        return serve(acme_env(double, **overrides), plugins=(pm, infos or {}, []))
-
-    return start
-
-
-def acme_job(content: str = "hi", **fields: Any) -> dict[str, Any]:
-    return job(chat(content, provider="ACME", **fields))
 
 
 def settings(**environ: str) -> Settings:
@@ -517,130 +481,3 @@ def test_percent_encoded_dot_segments_in_an_unquoted_path_stay_below_the_base_ur
     response = post_job(http, model_in_path, acme_job(model=model))
     sent = [r.path for r in double.requests]
     assert all(path.startswith("/acme/models/") for path in sent), (response.text, sent)
-
-
-# -- css_usage ----------------------------------------------------------------------------------------------
-
-
-class Counts(Acme):
-    """A provider whose answers and events report `{"n": [input, output]}` (a running total in a stream)."""
-
-    @hookimpl
-    def css_parse_stream_event(self, data: bytes) -> str | None:
-        text: str | None = msgspec.json.decode(data).get("text")
-        return text
-
-    @hookimpl
-    def css_usage(self, data: bytes) -> Usage | None:
-        counts = msgspec.json.decode(data).get("n")
-        return None if counts is None else Usage(*counts)
-
-
-def post_counted(http: httpx.Client, url: str, body: Any) -> httpx.Response:
-    return http.post(f"{url}/service_output", json=body, headers={"x-request-id": "counted-job"})
-
-
-def finished_job(double: ProviderDouble, caplog: pytest.LogCaptureFixture) -> dict[str, Any]:
-    """The log fields of the job `post_counted` sent, once logged: its line follows its answer, from
-    the service's thread (which may log other jobs' too)."""
-
-    def lines() -> list[dict[str, Any]]:
-        return [fields for r in caplog.records
-                if (fields := getattr(r, LOG_FIELDS, None)) and fields["request_id"] == "counted-job"]
-
-    double.wait_for(lambda: bool(lines()), what="the job's log line")
-    (fields,) = lines()
-    return fields
-
-
-def test_hook_css_usage_of_an_answer_is_the_jobs(
-    double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    answer = {"choices": [{"message": {"content": "counted"}}], "n": [7, 11]}
-    double.add_route(Route("POST", r"/acme/chat/completions", answer))
-    with registered(pm, acme=Counts()), caplog.at_level(logging.INFO, logger="css_core.jobs"):
-        url = serve_acme()
-        assert post_counted(http, url, acme_job()).json() == {"output": "counted"}
-        fields = finished_job(double, caplog)
-    assert (fields["input_tokens"], fields["output_tokens"]) == (7, 11)
-
-
-def test_hook_css_usage_of_a_stream_is_the_largest_its_events_report(
-    double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Read from the events without text and from the last one, which here carries text."""
-    events = [{"n": [5, 1]}, {"text": "a", "n": [0, 99]}, {"text": "b"}, {"n": [0, 2]}, {"text": "c", "n": [5, 3]}]
-    double.add_route(Route("POST", r"/acme/chat/completions", Stream(events)))
-    with registered(pm, acme=Counts()), caplog.at_level(logging.INFO, logger="css_core.jobs"):
-        url = serve_acme()
-        response = post_counted(http, url, acme_job() | {"destination": STREAM})
-        assert (response.status_code, response.text) == (200, "abc")
-        fields = finished_job(double, caplog)
-    # the 99 is in an event with text that is not the last: never read
-    assert (fields["input_tokens"], fields["output_tokens"]) == (5, 3)
-
-
-def test_hook_css_usage_unreadable_is_logged_and_the_job_keeps_its_answer(
-    double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    answer = {"choices": [{"message": {"content": "kept"}}], "n": "many"}
-    double.add_route(Route("POST", r"/acme/chat/completions", answer))
-    with registered(pm, acme=Counts()), caplog.at_level(logging.INFO):
-        url = serve_acme()
-        assert post_counted(http, url, acme_job()).json() == {"output": "kept"}
-        fields = finished_job(double, caplog)
-    assert len(double.requests) == 1  # not retried
-    assert "could not read the answer's usage" in caplog.text
-    assert "input_tokens" not in fields
-
-
-# -- css_stream_without_text --------------------------------------------------------------------------------
-
-
-class SaysWhy(Counts):
-    """Its events say why they stopped (`{"stop": reason}`); a stream of none with text names it."""
-
-    seen: list[list[bytes]]
-
-    @hookimpl
-    def css_stream_without_text(self, events: list[bytes]) -> None:
-        self.seen.append(events)
-        for data in events:
-            if stop := msgspec.json.decode(data).get("stop"):
-                raise ProviderBadResponse(f"ACME stopped ({stop})")
-
-
-@pytest.mark.parametrize(("stop", "said"), [("refused", "ACME stopped (refused)"),
-                                            (None, "the stream ended without any text")])
-def test_hook_css_stream_without_text_names_why_from_the_last_event(
-    double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client,
-    stop: str | None, said: str,
-) -> None:
-    events = [{"n": [5, 0]}, {"stop": stop}, {"n": [5, 9]}, *[{}] * 6]
-    double.add_route(Route("POST", r"/acme/chat/completions", Stream(events)))
-    plugin = SaysWhy()
-    plugin.seen = []
-    with registered(pm, acme=plugin):
-        url = serve_acme(CSS_REQUEST_TRIES="2")
-        response = post_job(http, url, acme_job() | {"destination": STREAM})
-    assert_error(response, 502, "ACME failed after 2 attempt(s)", said)
-    assert len(double.requests) == 2  # retried like an unreadable answer
-    # once an attempt, with its last 8 events
-    assert [[msgspec.json.decode(data) for data in seen] for seen in plugin.seen] == [events[1:]] * 2
-
-
-def test_hook_css_stream_without_text_is_not_called_for_a_stream_with_text(
-    double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client,
-) -> None:
-    events = [{"text": "a"}, {"n": [1, 1], "stop": "length"}]
-    double.add_route(Route("POST", r"/acme/chat/completions", Stream(events)))
-    plugin = SaysWhy()
-    plugin.seen = []
-    with registered(pm, acme=plugin):
-        url = serve_acme()
-        response = post_job(http, url, acme_job() | {"destination": STREAM})
-    assert (response.status_code, response.text) == (200, "a")
-    assert plugin.seen == []
