@@ -9,12 +9,15 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
+from uvicorn.supervisors import multiprocess
 
+from css_core.listeners import Workers
 from tests.conftest import Launched, chat, job, service_env
 from tests.provider_double import ProviderDouble
 from tests.test_metrics import (
@@ -64,3 +67,43 @@ def test_a_worker_that_dies_is_replaced_and_no_connection_waits_for_it(
     # connections hashed to the dead worker's socket are served by its replacement
     answers = one_connection_each(service.url, [job(chat(f"job {i}")) for i in range(40)], threads=8)
     assert {r.status_code for r in answers} == {200}
+
+
+class Slot:
+    """A worker process as `Workers` sees it: its exit code, `None` while it runs."""
+
+    def __init__(self, exitcode: int | None = None) -> None:
+        self.exitcode = exitcode
+
+
+@pytest.fixture
+def supervisor() -> Iterator[Workers]:
+    """uvicorn's supervisor of 3 workers, not started: its constructor's signal handlers are undone after."""
+    saved = {sig: signal.getsignal(sig) for sig in multiprocess.SIGNALS}
+    sockets = [socket.socket() for _ in range(3)]
+    try:
+        yield Workers(uvicorn.Config("css_core.cli:worker_app", factory=True, workers=3), sockets)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        for sock in sockets:
+            sock.close()
+
+
+def test_each_worker_slot_keeps_its_socket_at_start_on_a_death_and_on_a_restart(
+    supervisor: Workers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listeners = supervisor.listeners
+    for slot in range(3):  # start-up: one slot after another
+        assert supervisor.sockets == [listeners[slot]]
+        supervisor.processes.append(Slot())
+    supervisor.processes[1] = Slot(exitcode=-9)
+    assert supervisor.sockets == [listeners[1]]  # a dead worker's replacement takes its socket
+    supervisor.processes[1] = Slot()
+    # a restart (SIGHUP) starts each slot's new worker while the old one still runs, in slot order
+    handed: list[socket.socket] = []
+    monkeypatch.setattr(multiprocess.Multiprocess, "restart_all",
+                        lambda self: handed.extend(self.sockets[0] for _ in self.processes))
+    assert supervisor.sockets == [listeners[0]]  # outside a restart, each call moves the turn on ...
+    supervisor.restart_all()
+    assert handed == listeners  # ... and a restart starts again from the first slot
