@@ -2,8 +2,9 @@
 
 Chat completions: `POST /chat/completions` `{model, messages}`, OpenAI's format; the text
 is `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`
-(a stream without text is an error naming its `finish_reason`). Its `usage` (`prompt_tokens`, `completion_tokens`) comes with the answer, and with each
-streamed chunk unasked.
+(a stream without text is an error naming its `finish_reason`). Its `usage`
+(`prompt_tokens`, `completion_tokens`) comes with the answer, and with each streamed chunk
+unasked.
 """
 
 from __future__ import annotations
