@@ -43,7 +43,7 @@ from css_core.retry import is_retryable, wait_seconds
 from css_core.routing import Fallbacks
 from css_core.types import CSSRequest, PreparedCall
 
-__all__ = ("JobAttempts", "KeysCooling", "refuses_key")
+__all__ = ("JobAttempts", "KeysCooling", "events_of", "refuses_key")
 
 logger = logging.getLogger("css_core.workflow")
 # what reading an answer of an unexpected shape raises: the answer is unreadable (retried)
@@ -73,6 +73,12 @@ class KeysCooling(Exception):
 
     def __init__(self, seconds: float) -> None:
         super().__init__(f"every key is cooling down after HTTP 429; the first is free again in {seconds:.1f} s")
+
+
+def events_of(read: list[bytes] | bytes) -> list[bytes]:
+    """The event payloads of one item of a provider's stream: the core's call yields the events
+    of each read together, a plugin's own call may yield them one by one."""
+    return [read] if isinstance(read, bytes) else read
 
 
 class JobAttempts:
@@ -271,15 +277,13 @@ class JobAttempts:
 
     def texts_of(self, events: list[bytes] | bytes) -> str:
         """The text of the events of one read (`css_parse_stream_event`), joined; the usage of
-        those without text is noted (`css_usage`). A plugin's own call may yield single events.
+        those without text is noted (`css_usage`).
 
         An event that fails after others of the read carried text fails the stream only once
         that text is relayed: it is kept in `failed_event`, for the next read to raise."""
-        if isinstance(events, bytes):
-            events = [events]
         parse, request = self.provider.hooks.parse_stream_event, self.request
         texts: list[str] = []
-        for data in events:
+        for data in events_of(events):
             try:
                 text = self.plugin_step(parse, "stream event", request=request, data=data)
             except Exception as exc:

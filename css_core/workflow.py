@@ -26,7 +26,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from css_core.attempts import JobAttempts, KeysCooling
+from css_core.attempts import JobAttempts, KeysCooling, events_of
 from css_core.budgets import OverBudget
 from css_core.config import Settings
 from css_core.errors import (
@@ -277,10 +277,7 @@ class Workflow:
                 async for events in upstream:
                     if text := job.texts_of(events):
                         return upstream, text
-                    if isinstance(events, bytes):
-                        without_text.append(events)
-                    else:
-                        without_text.extend(events)
+                    without_text.extend(events_of(events))
             except BaseException as exc:
                 await close_events(upstream)
                 raise job.attempt_failure(exc) from None
