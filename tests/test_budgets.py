@@ -227,7 +227,7 @@ def test_three_requests_an_hour_let_exactly_three_of_six_jobs_through_two_worker
         assert 1 <= int(refused.headers["retry-after"]) <= 3600
     # the kernel hashes each connection to a worker's socket: both take some of the six,
     # but for one run in 32, when all six land on one (the count is exact either way)
-    assert sum(jobs_by_worker(Path(env["PROMETHEUS_MULTIPROC_DIR"])).values()) == 6
+    assert sum(jobs_by_worker(Path(env["PROMETHEUS_MULTIPROC_DIR"]), 6).values()) == 6
     seen = scrape(http, service.url)
     assert seen.value("css_budget_used", budget="*", unit="requests_per_hour") == 3
     assert seen.value("css_budget_limit", budget="*", unit="requests_per_hour") == 3

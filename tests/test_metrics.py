@@ -118,15 +118,20 @@ def worker_files(metrics_dir: Path, kind: str) -> dict[str, Path]:
     return {path.stem.rsplit("_", 1)[1].split("-")[0]: path for path in metrics_dir.glob(f"{kind}_*.db")}
 
 
-def jobs_by_worker(metrics_dir: Path) -> dict[str, float]:
-    """How many jobs each worker answered, from its own file."""
+def jobs_by_worker(metrics_dir: Path, total: int, timeout: float = 5.0) -> dict[str, float]:
+    """How many jobs each worker answered, from its own file, once they add up to `total`: a
+    worker counts a job just after its answer is sent, so a client may read it first."""
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    counts = {}
-    for pid, path in worker_files(metrics_dir, "counter").items():
-        families = MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]
-        counts[pid] = sum(s.value for f in families if f.name == "css_jobs" for s in f.samples)
-    return counts
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = {}
+        for pid, path in worker_files(metrics_dir, "counter").items():
+            families = MultiProcessCollector.merge([str(path)])  # type: ignore[no-untyped-call]
+            counts[pid] = sum(s.value for f in families if f.name == "css_jobs" for s in f.samples)
+        if sum(counts.values()) >= total or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.02)
 
 
 def test_jobs_add_up_across_two_workers(
@@ -162,7 +167,7 @@ def test_jobs_add_up_across_two_workers(
         assert seen.value("css_job_duration_seconds_count") == total
         assert seen.value("css_overhead_seconds_count") == total
     # and both workers answered some of them
-    by_worker = jobs_by_worker(metrics_dir)
+    by_worker = jobs_by_worker(metrics_dir, total)
     assert len(by_worker) == 2 and all(by_worker.values()) and sum(by_worker.values()) == total, by_worker
 
 
