@@ -12,12 +12,12 @@ The provider call (POST the OpenAI body, read the whole answer):
 
 - `raw`: a raw asyncio.Protocol keep-alive client (bench/client.py's): the floor.
 - `aiohttp`: raw aiohttp, `session.post(...)` + `read()` on a session configured as the
-  worker's pool (css_core.provider_http.ProviderHTTP: no connection limit, no total
+  worker's pool (css_core.providers.http.ProviderHTTP: no connection limit, no total
   timeout) but with `trust_env=False`: the floor of the core's call.
 - `aiohttp-trust-env`: the same with `trust_env=True`, as ProviderHTTP has it: aiohttp then
   looks up `~/.netrc` and the proxy variables on every request, each in a worker thread
   (this process's CPU time counts the threads).
-- `core-call`: the provider call as the core makes it: `css_core.default_call.css_call`,
+- `core-call`: the provider call as the core makes it: `css_core.providers.default_call.css_call`,
   i.e. `provider_http.send` (an `httpx.Request` through the `httpx-aiohttp` transport's
   `handle_async_request`) + `provider_http.read` + the status check, on a real
   ProviderHTTP.
@@ -27,13 +27,13 @@ The provider call (POST the OpenAI body, read the whole answer):
 - `httpx-client`: `ProviderHTTP.client.post(...)` + `.content`: the `httpx.AsyncClient`
   over the same transport that plugins implementing `css_call` get.
 - `httpx-httpcore`, `httpx-default`: for comparison only, httpx on its own transport
-  (httpcore): retries=0, no connection limit, 256 keep-alive (as css_core.app once had it),
+  (httpcore): retries=0, no connection limit, 256 keep-alive (as css_core.edge.app once had it),
   and httpx's default limits (100 connections).
 
 Per job, without I/O:
 
 - `noop`: an `async def` returning a constant: this harness's own cost per operation.
-- `tenacity`: what wraps every job's attempts: `css_core.retry.retrying(...)` built once,
+- `tenacity`: what wraps every job's attempts: `css_core.jobs.retry.retrying(...)` built once,
   `.copy(before_sleep=...)` per job, and one successful attempt through its
   `async for` / `with` (Workflow._attempts without the deadline).
 - `tenacity-deadline`: the same inside `asyncio.timeout(job_deadline)`, as Workflow._attempts.
@@ -44,13 +44,13 @@ Per job, without I/O:
   is the difference).
 - `hookcaller-event`, `direct-event`: `css_parse_stream_event` for one streamed event, through
   the HookCaller and directly: paid once per chunk of a stream.
-- `abi-decode`: `css_core.codec.decode_request` (eth-abi, after the offsets check) of a
+- `abi-decode`: `css_core.jobs.codec.decode_request` (eth-abi, after the offsets check) of a
   typical on-chain request (OPENAI, completions, gpt-4, a system and a user message).
-- `abi-encode`: `css_core.codec.encode_result` (eth-abi) of a typical ~300-character completion.
+- `abi-encode`: `css_core.jobs.codec.encode_result` (eth-abi) of a typical ~300-character completion.
 - `prepare`: decode_job + Workflow.prepare + the plugin's postprocess + the result's
   encoding (everything of an off-chain job except the HTTP call and the server), with the
   OpenAI plugin.
-- `record`: one job's record life cycle as ServiceOutput makes it (`css_core.record`:
+- `record`: one job's record life cycle as ServiceOutput makes it (`css_core.operations.record`:
   `Recorder.start`, `job`, `enter`, `served`, one `attempt`, `usage`, `Recorder.finish`)
   with no metrics, its `css_core.jobs` log line off (WARNING).
 - `record-metrics`: the same with `Metrics()` (prometheus_client's multiprocess files, in a
@@ -59,7 +59,7 @@ Per job, without I/O:
   in the SQLite store in a temporary `CSS_STATE_DIR`, and `admit("OPENAI", "gpt-4")`
   (its transaction runs on the store's thread, counted in this process's CPU time).
 - `record-metrics-log`: `record-metrics` with the job's log line at INFO, formatted by
-  `css_core.logs.TextFormatter` into an `io.StringIO`.
+  `css_core.operations.logs.TextFormatter` into an `io.StringIO`.
 
 ASGI, in-process (no server, no sockets on the inbound side):
 
@@ -69,7 +69,7 @@ ASGI, in-process (no server, no sockets on the inbound side):
   route handler (how `POST /service_output` is routed now): Litestar's `@asgi` dispatch.
 - `asgi-hello`: a full Litestar `@post` handler (Request, Response) answering constant
   bytes, for comparison (the service's other routes pay this).
-- `asgi-app`: the whole service, `css_core.app.create_app()` called as ASGI in-process
+- `asgi-app`: the whole service, `css_core.edge.app.create_app()` called as ASGI in-process
   (lifespan included): POST /service_output of an off-chain job, its provider call real
   (the worker's pool, to the fake provider). Its lifespan's gc settings (freeze,
   threshold) are undone after the case.
@@ -141,14 +141,14 @@ def _settings(base_url: str):  # type: ignore[no-untyped-def]
 
 
 def _registry(base_url: str):  # type: ignore[no-untyped-def]
-    from css_core.plugins import build_registry
+    from css_core.providers.registry import build_registry
 
     settings = _settings(base_url)
     return settings, build_registry(settings)
 
 
 async def _provider_http(base_url: str):  # type: ignore[no-untyped-def]
-    from css_core.provider_http import ProviderHTTP
+    from css_core.providers.http import ProviderHTTP
 
     http = ProviderHTTP(_settings(base_url))
     await http.__aenter__()
@@ -274,7 +274,7 @@ async def case_noop() -> tuple[Op, Close]:
 
 
 async def case_tenacity(base_url: str, deadline: bool) -> tuple[Op, Close]:
-    from css_core.retry import retrying
+    from css_core.jobs.retry import retrying
 
     settings, registry = _registry(base_url)
     provider = registry.by_name("OPENAI")
@@ -393,9 +393,9 @@ async def case_prepare(base_url: str) -> tuple[Op, Close]:
     import fake_provider
     import msgspec
 
-    from css_core.job import decode_job
-    from css_core.messages import OffchainOutput
-    from css_core.workflow import Workflow
+    from css_core.jobs.decode import decode_job
+    from css_core.jobs.messages import OffchainOutput
+    from css_core.jobs.pipeline import Workflow
 
     settings, registry = _registry(base_url)
     workflow = Workflow(registry, settings, None)  # type: ignore[arg-type]
@@ -419,12 +419,12 @@ async def case_record(base_url: str, metrics: bool, budget: bool = False, log: b
     import shutil
     import tempfile
 
-    from css_core.budgets import Budgets
+    from css_core.operations.budgets import Budgets
     from css_core.config import load_settings
-    from css_core.logs import TEXT_FORMAT, TextFormatter
-    from css_core.messages import JobLocation
-    from css_core.metrics import VARIABLE, Metrics
-    from css_core.record import JobRecord, Recorder
+    from css_core.operations.logs import TEXT_FORMAT, TextFormatter
+    from css_core.jobs.messages import JobLocation
+    from css_core.operations.metrics import VARIABLE, Metrics
+    from css_core.operations.record import JobRecord, Recorder
     from css_core.types import CSSRequest, Message
 
     _, registry = _registry(base_url)
@@ -601,7 +601,7 @@ async def case_asgi_hello() -> tuple[Op, Close]:
 
 
 async def case_asgi_app(base_url: str, body: bytes = JOB) -> tuple[Op, Close]:
-    from css_core.app import create_app
+    from css_core.edge.app import create_app
 
     settings, registry = _registry(base_url)
     threshold = gc.get_threshold()

@@ -79,7 +79,7 @@ def server_command(spec: str) -> tuple[str, dict[str, str]]:
     """
     env: dict[str, str] = {}
     if spec == "granian":
-        return GRANIAN_SERVER.replace("{app}", "css_core.app:create_app"), env
+        return GRANIAN_SERVER.replace("{app}", "css_core.edge.app:create_app"), env
     for name, template in (("granian:", GRANIAN_SERVER), ("uvicorn:", UVICORN_SERVER)):
         if spec.startswith(name):
             env["PYTHONPATH"] = str(BENCH)

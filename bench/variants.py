@@ -5,14 +5,14 @@ Served by any ASGI server with this directory on PYTHONPATH, e.g.:
     PYTHONPATH=bench uvicorn variants:minimal_app --factory --host 127.0.0.1 --port 8000 --workers 2 \
         --log-level warning --no-access-log --loop uvloop --http httptools
 
-- `baseline_app`: `css_core.app.create_app()` untouched (to compare servers/flags with the CLI's).
+- `baseline_app`: `css_core.edge.app.create_app()` untouched (to compare servers/flags with the CLI's).
 - `minimal_app`: not the service: a raw ASGI app that decodes the job with msgspec, posts
   the OpenAI body with its own aiohttp session (`session.post`) and answers
   `{"output": ...}`, or relays a stream's text chunk by chunk (destination 2): the floor of
   Python + ASGI + aiohttp.
 - `minimal_httpx_app`: the same raw ASGI app, its provider call made as the core makes it:
   an `httpx.Request` sent through the worker's `httpx-aiohttp` transport
-  (`css_core.provider_http.ProviderHTTP`, `send` + `read`, streams through `sse_events`).
+  (`css_core.providers.http.ProviderHTTP`, `send` + `read`, streams through `sse_events`).
   Against `minimal_app`, it shows what the httpx layer costs; against
   `baseline_app`, what Litestar's routing, pluggy, tenacity and the workflow cost.
 
@@ -57,7 +57,7 @@ async def _close_session() -> None:
 
 
 def baseline_app() -> Any:
-    from css_core.app import create_app
+    from css_core.edge.app import create_app
 
     return create_app()
 
@@ -181,7 +181,7 @@ def minimal_app() -> Any:
 
 def minimal_httpx_app() -> Any:
     from css_core.config import load_settings
-    from css_core.provider_http import ProviderHTTP, read, send, sse_events
+    from css_core.providers.http import ProviderHTTP, read, send, sse_events
     from css_core.types import PreparedCall
 
     _, headers = _target()

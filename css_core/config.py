@@ -52,17 +52,173 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import dotenv
 import msgspec
 
-from css_core import budgets, compatible, routing
 from css_core.errors import ConfigError
 
-__all__ = ("RetryPolicy", "Settings", "load_settings", "read_dotenv")
+__all__ = (
+    "BUDGET_UNITS",
+    "Budget",
+    "BudgetLimits",
+    "CompatibleProvider",
+    "RetryPolicy",
+    "Settings",
+    "Target",
+    "load_settings",
+    "parse_budgets",
+    "parse_compatible",
+    "parse_fallbacks",
+    "read_dotenv",
+)
 
 _STREAM_DEADLINE_CAP = 55.0  # the node cuts a stream at 60 s
+
+
+# -- CSS_FALLBACKS ----------------------------------------------------------------------------------------------
+
+_FALLBACKS = "CSS_FALLBACKS"
+_FALLBACKS_EXPECTED = 'a JSON object {"PROVIDER/model" or "PROVIDER": ["PROVIDER/model", ...]}'
+
+
+class Target(msgspec.Struct, frozen=True):
+    """A provider (upper case) and one of its models, which a job may fall back to."""
+
+    provider: str
+    model: str
+
+    def __str__(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+def _split_target(text: str, what: str, model_required: bool) -> tuple[str, str]:
+    provider, slash, model = text.strip().partition("/")
+    provider = provider.strip()
+    if not provider or any(c.isspace() for c in provider) or (slash and not model) or (model_required and not slash):
+        shape = '"PROVIDER/model"' if model_required else '"PROVIDER/model" or "PROVIDER"'
+        raise ConfigError(f"{_FALLBACKS}: {what} {text!r} must be {shape}")
+    return provider.upper(), model
+
+
+def parse_fallbacks(raw: Mapping[str, list[str]]) -> dict[str, tuple[Target, ...]]:
+    """The decoded `CSS_FALLBACKS`, keyed `"PROVIDER/model"` or `"PROVIDER"` (upper case).
+
+    A model name is taken as written (it may hold a `/`: only the first one separates)."""
+    fallbacks: dict[str, tuple[Target, ...]] = {}
+    for key, targets in raw.items():
+        provider, model = _split_target(key, "key", model_required=False)
+        name = f"{provider}/{model}" if model else provider
+        if name in fallbacks:
+            raise ConfigError(f"{_FALLBACKS} names {name!r} twice (provider names match in any case)")
+        fallbacks[name] = tuple(Target(*_split_target(target, "target", model_required=True)) for target in targets)
+    return fallbacks
+
+
+# -- CSS_OPENAI_COMPATIBLE --------------------------------------------------------------------------------------
+
+_COMPATIBLE = "CSS_OPENAI_COMPATIBLE"
+_COMPATIBLE_EXPECTED = 'a JSON object {"NAME": {"base_url": "https://...", "api_key_env": "VAR", "onchain_id": N, ...}}'
+_COMPATIBLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+class CompatibleProvider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One entry of `CSS_OPENAI_COMPATIBLE` (`css_core.providers.compatible` serves it)."""
+
+    base_url: Annotated[str, msgspec.Meta(min_length=1)]
+    api_key_env: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    onchain_id: Annotated[int, msgspec.Meta(ge=0, le=255)] | None = None
+    endpoints: Annotated[tuple[Literal["completions", "embeddings"], ...], msgspec.Meta(min_length=1)] = (
+        "completions",
+    )
+    models: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = ()
+    stream_usage: bool = True
+
+
+def parse_compatible(raw: Mapping[str, CompatibleProvider]) -> dict[str, CompatibleProvider]:
+    """The decoded `CSS_OPENAI_COMPATIBLE`, by upper-case name, checked."""
+    providers: dict[str, CompatibleProvider] = {}
+    for name, entry in raw.items():
+        if not _COMPATIBLE_NAME.fullmatch(name):
+            raise ConfigError(f"{_COMPATIBLE}: provider name {name!r} must be letters, digits and _ (a letter first)")
+        if not entry.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{_COMPATIBLE}: base_url of {name} must be an http:// or https:// URL, "
+                              f"got {entry.base_url!r}")
+        if name.upper() in providers:
+            raise ConfigError(f"{_COMPATIBLE} names provider {name.upper()!r} twice (names match in any case)")
+        providers[name.upper()] = entry
+    return providers
+
+
+# -- CSS_BUDGETS ------------------------------------------------------------------------------------------------
+
+_BUDGETS = "CSS_BUDGETS"
+_BUDGETS_EXPECTED = 'a JSON object {"*" or "PROVIDER" or "PROVIDER/model": {"requests_per_hour": N, ...}}'
+
+#: each budget unit: what it counts, and its window in seconds
+BUDGET_UNITS: dict[str, tuple[Literal["requests", "tokens"], int]] = {
+    "requests_per_minute": ("requests", 60),
+    "requests_per_hour": ("requests", 3600),
+    "requests_per_day": ("requests", 86400),
+    "tokens_per_minute": ("tokens", 60),
+    "tokens_per_hour": ("tokens", 3600),
+    "tokens_per_day": ("tokens", 86400),
+}
+_Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class BudgetLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One budget's limits as `CSS_BUDGETS` writes them."""
+
+    requests_per_minute: _Positive | None = None
+    requests_per_hour: _Positive | None = None
+    requests_per_day: _Positive | None = None
+    tokens_per_minute: _Positive | None = None
+    tokens_per_hour: _Positive | None = None
+    tokens_per_day: _Positive | None = None
+
+
+class Budget(msgspec.Struct, frozen=True):
+    """One limit of one budget: `key` as written in `CSS_BUDGETS`, and one of its units."""
+
+    key: str
+    provider: str | None  # upper case; None for "*"
+    model: str | None  # None for "*" and "PROVIDER"
+    unit: str
+    limit: int
+
+    @property
+    def requests(self) -> bool:
+        """Whether it counts requests (else tokens)."""
+        return BUDGET_UNITS[self.unit][0] == "requests"
+
+    @property
+    def seconds(self) -> int:
+        return BUDGET_UNITS[self.unit][1]
+
+
+def parse_budgets(raw: Mapping[str, BudgetLimits]) -> tuple[Budget, ...]:
+    """The decoded `CSS_BUDGETS`, one `Budget` per limit it sets."""
+    budgets: list[Budget] = []
+    seen: set[str] = set()
+    for key, limits in raw.items():
+        provider: str | None = None
+        model: str | None = None
+        if key != "*":
+            name, slash, rest = key.partition("/")
+            if not name.strip() or name != name.strip() or any(c.isspace() for c in name) or (slash and not rest):
+                raise ConfigError(f'{_BUDGETS}: key {key!r} must be "*", "PROVIDER" or "PROVIDER/model"')
+            provider, model = name.upper(), (rest if slash else None)
+        canonical = "*" if provider is None else provider + (f"/{model}" if model is not None else "")
+        if canonical in seen:
+            raise ConfigError(f"{_BUDGETS} names {key!r} twice (provider names match in any case)")
+        seen.add(canonical)
+        set_limits = [(unit, getattr(limits, unit)) for unit in BUDGET_UNITS if getattr(limits, unit) is not None]
+        if not set_limits:
+            raise ConfigError(f"{_BUDGETS}: {key!r} sets no limit (expected any of {', '.join(BUDGET_UNITS)})")
+        budgets.extend(Budget(key, provider, model, unit, limit) for unit, limit in set_limits)
+    return tuple(budgets)
 
 
 class RetryPolicy(msgspec.Struct, frozen=True):
@@ -81,8 +237,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     environ: Mapping[str, str]
     default_provider: str = "OPENAI"
     default_endpoint: str = "completions"
-    request_defaults: dict[str, Any] = {}
-    provider_defaults: dict[str, dict[str, Any]] = {}  # by upper-case provider name
+    # CSS_INF_WORKFLOW_KW_ARGS: body defaults by (upper-case provider name or "*", endpoint)
+    request_defaults: dict[tuple[str, str], dict[str, Any]] = {}
     retry: RetryPolicy = RetryPolicy()
     request_timeout: float = 60.0
     job_deadline: float = 150.0
@@ -94,10 +250,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     models: dict[str, tuple[str, ...]] = {}  # by upper-case provider name: replaces its catalogue
     extra_models: dict[str, tuple[str, ...]] = {}  # ... and extends it
     key_disable_seconds: float = 600.0
-    fallbacks: dict[str, tuple[routing.Target, ...]] = {}  # by "PROVIDER/model" or "PROVIDER" (upper case)
-    compatible: dict[str, compatible.CompatibleProvider] = {}  # by upper-case name
+    fallbacks: dict[str, tuple[Target, ...]] = {}  # by "PROVIDER/model" or "PROVIDER" (upper case)
+    compatible: dict[str, CompatibleProvider] = {}  # by upper-case name
     log_format: str = "text"  # or "json" (CSS_LOG_FORMAT)
-    budgets: tuple[budgets.Budget, ...] = ()  # CSS_BUDGETS, one per limit
+    budgets: tuple[Budget, ...] = ()  # CSS_BUDGETS, one per limit
     state_dir: str = ""  # CSS_STATE_DIR: where the budgets' SQLite store lives
     redis_url: str | None = None  # CSS_REDIS_URL: the budgets' store shared by replicas
 
@@ -124,9 +280,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         value = _number(self.environ, name, float, minimum)
         return default if value is None else float(value)
 
-    def defaults_for(self, provider: str) -> dict[str, Any]:
-        """The operator's body defaults for `provider`: the shared ones, then its own over them."""
-        return {**self.request_defaults, **self.provider_defaults.get(provider.upper(), {})}
+    def defaults_for(self, provider: str, endpoint: str = "completions") -> dict[str, Any]:
+        """The operator's body defaults for `provider`'s `endpoint`: the shared ones, then the
+        provider's own over them."""
+        defaults = self.request_defaults
+        return {**defaults.get(("*", endpoint), {}), **defaults.get((provider.upper(), endpoint), {})}
+
+    @property
+    def scoped_providers(self) -> set[str]:
+        """The providers `CSS_INF_WORKFLOW_KW_ARGS` scopes defaults to."""
+        return {provider for provider, _ in self.request_defaults if provider != "*"}
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
@@ -212,14 +375,14 @@ def _catalogues(environ: Mapping[str, str], name: str) -> dict[str, tuple[str, .
     return {provider.upper(): tuple(models) for provider, models in catalogues.items()}
 
 
-def _fallbacks(environ: Mapping[str, str]) -> dict[str, tuple[routing.Target, ...]]:
-    raw = _json(environ, routing.VARIABLE, routing.EXPECTED, dict[str, list[str]])
-    return routing.parse_fallbacks(raw or {})
+def _fallbacks(environ: Mapping[str, str]) -> dict[str, tuple[Target, ...]]:
+    raw = _json(environ, _FALLBACKS, _FALLBACKS_EXPECTED, dict[str, list[str]])
+    return parse_fallbacks(raw or {})
 
 
-def _compatible(environ: Mapping[str, str]) -> dict[str, compatible.CompatibleProvider]:
-    raw = _json(environ, compatible.VARIABLE, compatible.EXPECTED, dict[str, compatible.CompatibleProvider])
-    return compatible.parse_compatible(raw or {})
+def _compatible(environ: Mapping[str, str]) -> dict[str, CompatibleProvider]:
+    raw = _json(environ, _COMPATIBLE, _COMPATIBLE_EXPECTED, dict[str, CompatibleProvider])
+    return parse_compatible(raw or {})
 
 
 def _operations(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -227,7 +390,7 @@ def _operations(environ: Mapping[str, str]) -> dict[str, Any]:
     log_format = (environ.get("CSS_LOG_FORMAT") or "text").strip().lower()
     if log_format not in ("text", "json"):
         raise ConfigError(f"CSS_LOG_FORMAT must be text or json, got {environ['CSS_LOG_FORMAT']!r}")
-    raw = _json(environ, budgets.VARIABLE, budgets.EXPECTED, dict[str, budgets.Limits])
+    raw = _json(environ, _BUDGETS, _BUDGETS_EXPECTED, dict[str, BudgetLimits])
     redis_url = environ.get("CSS_REDIS_URL") or None
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         scheme = redis_url.partition("://")[0] if "://" in redis_url else "none"  # the URL may hold a password
@@ -237,10 +400,44 @@ def _operations(environ: Mapping[str, str]) -> dict[str, Any]:
     state_home = state_home if os.path.isabs(state_home) else os.path.expanduser("~/.local/state")
     return {
         "log_format": log_format,
-        "budgets": budgets.parse_budgets(raw or {}),
+        "budgets": parse_budgets(raw or {}),
         "state_dir": environ.get("CSS_STATE_DIR") or os.path.join(state_home, "css-inference-service"),
         "redis_url": redis_url,
     }
+
+
+#: the endpoints a default may be scoped to in `CSS_INF_WORKFLOW_KW_ARGS`
+ENDPOINTS = ("completions", "embeddings")
+_KW_ARGS = "CSS_INF_WORKFLOW_KW_ARGS"
+
+
+def _scoped(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{_KW_ARGS}: {where} must hold a JSON object of body defaults, got {value!r}")
+    return value
+
+
+def _request_defaults(kw_args: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    """`CSS_INF_WORKFLOW_KW_ARGS` by (provider or "*", endpoint).
+
+    A key that is a provider's name (upper case) holds that provider's defaults; a key that is
+    an endpoint's name (`completions`, `embeddings`), at the top or inside a provider's object,
+    holds that endpoint's. Any other field is a completions default: a chat option such as
+    `temperature` is never sent to an embeddings endpoint, which refuses it."""
+    defaults: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add(provider: str, fields: Mapping[str, Any], where: str) -> None:
+        for name, value in fields.items():
+            if name in ENDPOINTS:
+                scope = defaults.setdefault((provider, name), {})
+                scope.update(_scoped(value, f"{where}{name} (an endpoint's name)"))
+            elif provider == "*" and _PROVIDER_NAME.fullmatch(name):
+                add(name, _scoped(value, f"{name} (a provider's name)"), f"{name}.")
+            else:
+                defaults.setdefault((provider, "completions"), {})[name] = value
+
+    add("*", kw_args, "")
+    return {scope: fields for scope, fields in defaults.items() if fields}
 
 
 def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
@@ -254,16 +451,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         raise ConfigError(f"CSS_INF_WORKFLOW_POSITIONAL_ARGS must be {expected}, got {positional!r}")
     kw_args = dict(_json(env, "CSS_INF_WORKFLOW_KW_ARGS", "a JSON object", dict[str, Any]) or {})
     retry_params = kw_args.pop("retry_params", None)
-    scoped = {name: kw_args.pop(name) for name in list(kw_args) if _PROVIDER_NAME.fullmatch(name)}
-    for name, value in scoped.items():
-        if not isinstance(value, dict):
-            raise ConfigError(
-                f"CSS_INF_WORKFLOW_KW_ARGS: {name} (a provider's name) must hold a JSON object of that "
-                f"provider's defaults, got {value!r}"
-            )
     if retry_params is not None and not isinstance(retry_params, dict):
         raise ConfigError(f"CSS_INF_WORKFLOW_KW_ARGS: retry_params must be a JSON object, got {retry_params!r}")
-
     retry = _retry_fields(_json(env, "RETRY_PARAMS", "a JSON object", dict[str, Any]), "RETRY_PARAMS")
     retry.update(_retry_fields(retry_params, "CSS_INF_WORKFLOW_KW_ARGS.retry_params"))
     for field, name in (("tries", "CSS_REQUEST_TRIES"), ("delay", "CSS_REQUEST_DELAY"),
@@ -289,8 +478,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv: Path | None 
         environ=env,
         default_provider=positional[0] if positional else "OPENAI",
         default_endpoint=positional[1] if positional else "completions",
-        request_defaults=kw_args,
-        provider_defaults=scoped,
+        request_defaults=_request_defaults(kw_args),
         retry=RetryPolicy(**retry),
         request_timeout=60.0 if timeout is None else float(timeout),
         job_deadline=150.0 if deadline is None else float(deadline),

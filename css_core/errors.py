@@ -6,22 +6,28 @@ Every error carries a message the caller can act on; none ever contains an API k
     ├── BadRequest (400): the job itself is wrong
     │   ├── ProofsNotSupported
     │   ├── InvalidJob: malformed envelope, data or request object
-    │   ├── ProviderNotAvailable: no plugin for it, or its key is not set
+    │   ├── ProviderNotAvailable: no plugin for it, or it is not served here
+    │   │   └── ProviderNotServed: its plugin is installed, its key is not set
     │   └── ProviderRejected: the provider refused the request (its 4xx, not retried)
     ├── Unauthorized (401): missing or wrong bearer token
     ├── PayloadTooLarge (413)
     ├── UnsupportedMediaType (415): the body is not sent as `application/json`
+    ├── OverBudget (429): a budget covering the job is spent for this window (`Retry-After`)
     ├── PluginFailed (500): a plugin's own code raised (a bug in the plugin, not retried)
-    ├── ServiceBusy (503): too many calls in flight to one provider
+    ├── ServiceBusy (503): too many calls in flight to one provider (`Retry-After`)
+    ├── StoreUnavailable (503): the budget store cannot be reached (`Retry-After`)
+    ├── NotReady (503): this worker should not be sent jobs now (`GET /ready`)
     └── ProviderFailed (502): the provider failed after every attempt
         └── ProviderTimeout (504): the job deadline passed
 
     ConfigError: the environment or the installed plugins are wrong; stops start-up.
 
-Inside one provider attempt, plugins and the core's own call raise `ProviderHTTPError`
-(non-2xx answer), `ProviderBadResponse` (an answer that cannot be read) or
-`ProviderUnreachable` (no connection, a dropped one, a read timeout); the workflow decides
-from them whether to retry, and turns what is left into the errors above.
+Inside one provider attempt, plugins and the core's own call raise these; the job pipeline
+decides from them whether to retry, and turns what is left into the errors above:
+
+    ProviderHTTPError: a non-2xx answer (`retryable`, `key_refused`, `retry_after`)
+    ProviderBadResponse: an unreadable answer, or one without a result (`retryable`)
+    ProviderUnreachable: no connection, a dropped one, a read timeout
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ __all__ = (
     "CSSError",
     "ConfigError",
     "InvalidJob",
+    "NotReady",
+    "OverBudget",
     "PayloadTooLarge",
     "PluginFailed",
     "ProofsNotSupported",
@@ -38,10 +46,12 @@ __all__ = (
     "ProviderFailed",
     "ProviderHTTPError",
     "ProviderNotAvailable",
+    "ProviderNotServed",
     "ProviderRejected",
     "ProviderTimeout",
     "ProviderUnreachable",
     "ServiceBusy",
+    "StoreUnavailable",
     "Unauthorized",
     "UnsupportedMediaType",
 )
@@ -75,6 +85,10 @@ class ProviderNotAvailable(BadRequest):
     pass
 
 
+class ProviderNotServed(ProviderNotAvailable):
+    pass
+
+
 class ProviderRejected(BadRequest):
     pass
 
@@ -91,6 +105,14 @@ class UnsupportedMediaType(CSSError):
     status = 415
 
 
+class OverBudget(CSSError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class PluginFailed(CSSError):
     status = 500
 
@@ -101,6 +123,16 @@ class ServiceBusy(CSSError):
     def __init__(self, message: str, retry_after: int = 1) -> None:
         super().__init__(message)
         self.headers = {"Retry-After": str(retry_after)}
+
+
+class StoreUnavailable(ServiceBusy):
+    def __init__(self, store: str, reason: str) -> None:
+        super().__init__(f"{store} cannot be reached ({reason}); jobs under a budget (CSS_BUDGETS) are refused "
+                         "until it answers", retry_after=5)
+
+
+class NotReady(CSSError):
+    status = 503
 
 
 class ProviderFailed(CSSError):
@@ -143,7 +175,16 @@ class ProviderHTTPError(Exception):
 
 class ProviderBadResponse(Exception):
     """The provider's answer could not be read (not JSON, not the expected shape, an error
-    event in a stream): the attempt is retried."""
+    event in a stream), or holds no deliverable result (no choices, no text).
+
+    The attempt is retried, unless `retryable` is false: an answer that another try would
+    not change (a refusal, a content filter, a length stop, a tool call) is not retried, so
+    it does not cost more billable calls. The message names the provider's reason.
+    """
+
+    def __init__(self, message: str = "", *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class ProviderUnreachable(Exception):

@@ -9,9 +9,9 @@ from typing import Any
 import pluggy
 import pytest
 
-from css_core import openai_format
-from css_core.hookspecs import hookimpl
-from css_core.plugins import PluginInfo
+from css_core.providers import openai_format
+from css_core.providers.hookspecs import hookimpl
+from css_core.providers.registry import PluginInfo
 from css_core.types import CSSRequest, ProviderCall, ProviderSpec, Result
 from tests.conftest import KEY, chat, job, service_env
 from tests.provider_double import ProviderDouble

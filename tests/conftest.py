@@ -33,11 +33,11 @@ import pytest
 import uvicorn
 from hypothesis import settings as hypothesis_settings
 
-from css_core.app import create_app
-from css_core.codec import encode_request
+from css_core.edge.app import create_app
+from css_core.jobs.codec import encode_request
 from css_core.config import load_settings
-from css_core.messages import JobLocation
-from css_core.plugins import build_registry, plugin_manager
+from css_core.jobs.messages import JobLocation
+from css_core.providers.registry import build_registry, plugin_manager
 from css_core.types import Message
 from tests.provider_double import ProviderDouble
 
@@ -146,7 +146,7 @@ def shared() -> PluginSetup:
 @pytest.fixture
 def pm(shared: PluginSetup) -> Iterator[pluggy.PluginManager]:
     yield shared[0]
-    leaked = [name for name, _ in shared[0].list_name_plugin() if not name.startswith("css_core.default_call")]
+    leaked = [name for name, _ in shared[0].list_name_plugin() if not name.startswith("css_core.providers.default_call")]
     assert leaked == [], "a plugin leaked"
 
 

@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 
 import pytest
 
-from css_core.hookspecs import PROJECT as ENTRY_POINT_GROUP
+from css_core.providers.hookspecs import PROJECT as ENTRY_POINT_GROUP
 
 __all__ = ("installed_plugin_modules", "requires_no_plugins", "requires_plugin")
 

@@ -18,7 +18,7 @@ import pytest
 
 from css_core.config import load_settings
 from css_core.errors import ConfigError
-from css_core.plugins import build_registry
+from css_core.providers.registry import build_registry
 from css_core.testing import (
     Event,
     Fault,

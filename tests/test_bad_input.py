@@ -19,7 +19,7 @@ import httpx
 import pytest
 from eth_abi.abi import encode
 
-from css_core.app import create_app
+from css_core.edge.app import create_app
 from css_core.config import load_settings
 from tests.conftest import (
     KEY,

@@ -19,10 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from css_core.budget_store import RedisStore, SQLiteStore, check_store
-from css_core.budgets import Budget, Budgets, OverBudget, StoreUnavailable, parse_budgets
-from css_core.config import load_settings
-from css_core.errors import ConfigError
+from css_core.operations.budget_store import RedisStore, SQLiteStore, check_store
+from css_core.config import Budget, load_settings, parse_budgets
+from css_core.config import BudgetLimits as Limits
+from css_core.errors import ConfigError, OverBudget, StoreUnavailable
+from css_core.operations.budgets import Budgets
 from tests.conftest import (
     STREAM,
     Launched,
@@ -131,7 +132,6 @@ def test_which_budgets_cover_a_job() -> None:
 
 
 def _limits() -> dict[str, Any]:
-    from css_core.budgets import Limits
 
     return {"*": Limits(requests_per_day=10), "OPENAI": Limits(requests_per_hour=5),
             "OPENAI/gpt-4": Limits(tokens_per_minute=100)}
@@ -142,7 +142,6 @@ def run(coroutine: Any) -> Any:
 
 
 def test_the_sqlite_store_counts_checks_refunds_and_keeps_its_counts(tmp_path: Path) -> None:
-    from css_core.budgets import Limits
 
     configured = parse_budgets({"*": Limits(requests_per_hour=2, tokens_per_hour=10)})
 

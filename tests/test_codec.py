@@ -1,7 +1,7 @@
 """The on-chain codec: byte-compatible with infernet-ml, round trips, and every malformed
 input an `InvalidJob` (a 400), never a crash.
 
-`css_core.codec` encodes and decodes with eth-abi, and refuses before decoding the data whose
+`css_core.jobs.codec` encodes and decodes with eth-abi, and refuses before decoding the data whose
 strings claim more bytes than it holds. The differential tests at the end hold that guard to
 eth-abi's own strict decoder on valid and mutated encodings: it refuses nothing else.
 """
@@ -18,7 +18,7 @@ from eth_abi.exceptions import DecodingError, EncodingError
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 
-from css_core.codec import (
+from css_core.jobs.codec import (
     OnchainRequest,
     decode_callback_output,
     decode_hex,
@@ -187,7 +187,7 @@ def test_encode_result_examples() -> None:
     assert decode(["string"], encode_result("Hello 🎉")) == ("Hello 🎉",)
 
 
-# -- differential: css_core.codec against eth-abi ------------------------------------------------------------
+# -- differential: css_core.jobs.codec against eth-abi ------------------------------------------------------------
 
 REQUEST_TYPES = ["uint8", "uint8", "string", "(string,string)[]"]
 DIFFERENTIAL = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])

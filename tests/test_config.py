@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from css_core.cli import main
+from css_core.edge.cli import main
 from css_core.config import RetryPolicy, Settings, load_settings, read_dotenv
 from css_core.errors import ConfigError
-from css_core.plugins import build_registry
+from css_core.providers.registry import build_registry
 from tests.conftest import (
     SERVICE_VARIABLE_PREFIXES,
     Launched,
@@ -37,7 +37,7 @@ def settings(**environ: str) -> Settings:
 def test_defaults() -> None:
     loaded = settings()
     assert (loaded.default_provider, loaded.default_endpoint) == ("OPENAI", "completions")
-    assert loaded.request_defaults == {}
+    assert loaded.defaults_for("OPENAI") == {}
     assert loaded.retry == RetryPolicy(tries=3, delay=3.0, max_delay=10.0, backoff=2.0, jitter=(0.5, 1.5))
     assert (loaded.request_timeout, loaded.job_deadline, loaded.stream_deadline) == (60.0, 150.0, 55.0)
     assert loaded.get("OPENAI_API_KEY") is None
@@ -64,7 +64,7 @@ def test_every_variable_is_read() -> None:
         CSS_SHUTDOWN_GRACE="0",
     )
     assert (loaded.default_provider, loaded.default_endpoint) == ("PERPLEXITYAI", "embeddings")
-    assert loaded.request_defaults == {"temperature": 0.1, "max_tokens": 50}
+    assert loaded.defaults_for("OPENAI") == {"temperature": 0.1, "max_tokens": 50}
     assert loaded.retry == RetryPolicy(tries=5, delay=0.5, max_delay=4.0, backoff=3.0, jitter=(0.0, 0.25))
     assert (loaded.request_timeout, loaded.job_deadline, loaded.stream_deadline) == (12.5, 40.0, 40.0)
     assert loaded.get("OPENAI_API_KEY") == "sk-1"
@@ -75,7 +75,7 @@ def test_every_variable_is_read() -> None:
 def test_empty_variables_count_as_unset() -> None:
     loaded = settings(OPENAI_API_KEY="", CSS_REQUEST_TRIES="", CSS_INF_WORKFLOW_KW_ARGS=" ")
     assert loaded.get("OPENAI_API_KEY") is None
-    assert loaded.retry == RetryPolicy() and loaded.request_defaults == {}
+    assert loaded.retry == RetryPolicy() and loaded.defaults_for("OPENAI") == {}
 
 
 def test_old_retry_params_and_a_single_jitter_number() -> None:
@@ -91,7 +91,7 @@ def test_retry_precedence_field_by_field() -> None:
     )
     # tries: CSS_REQUEST_TRIES; delay, max_delay: retry_params; backoff, jitter: RETRY_PARAMS
     assert loaded.retry == RetryPolicy(tries=7, delay=8.0, max_delay=8.0, backoff=9.0, jitter=(0.0, 9.0))
-    assert loaded.request_defaults == {"top_p": 1}  # retry_params is not sent to the provider
+    assert loaded.defaults_for("OPENAI") == {"top_p": 1}  # retry_params is not sent to the provider
 
     partial = settings(CSS_INF_WORKFLOW_KW_ARGS='{"retry_params": {"backoff": 4}}', CSS_REQUEST_JITTER="[1, 2]")
     assert partial.retry == RetryPolicy(backoff=4.0, jitter=(1.0, 2.0))  # the rest are the defaults
@@ -120,7 +120,7 @@ def test_dotenv_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     loaded = load_settings(environ={"CSS_REQUEST_TRIES": "2"}, dotenv=dotenv)
     assert loaded.retry.tries == 2 and loaded.retry.delay == 0.25
     assert loaded.get("OPENAI_API_KEY") == "sk-from-dotenv"
-    assert loaded.request_defaults == {"max_tokens": 3}
+    assert loaded.defaults_for("OPENAI") == {"max_tokens": 3}
     assert read_dotenv(tmp_path / "missing.env") == {}
 
 
@@ -219,7 +219,7 @@ def test_cli_reads_dotenv_in_its_directory(tmp_path: Path) -> None:
 
 @pytest.fixture
 def in_process_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., int]:
-    """`cli(*args) -> exit code`: `css_core.cli.main` in this process, in an empty directory
+    """`cli(*args) -> exit code`: `css_core.edge.cli.main` in this process, in an empty directory
     and environment (quicker than a subprocess where the server is not started)."""
     monkeypatch.chdir(tmp_path)
     for name in os.environ:

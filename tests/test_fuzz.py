@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from css_core import codec
-from css_core.app import Service, create_app
+from css_core.jobs import codec
+from css_core.edge.app import Service, create_app
 from css_core.config import load_settings
 from css_core.errors import CSSError, InvalidJob
-from css_core.job import decode_job
-from css_core.plugins import build_registry
+from css_core.operations.record import JobRecord
+from css_core.providers.registry import build_registry
 from css_core.types import Message
-from css_core.workflow import Workflow
+from css_core.jobs.pipeline import Pipeline
 from tests.test_bad_input import aliased_abi
 from tests.test_codec import assert_decodes_as_eth_abi
 
@@ -37,13 +37,13 @@ REGISTRY = build_registry(SETTINGS)
 
 
 @pytest.fixture(scope="module")
-def workflow() -> Iterator[Workflow]:
-    """The workflow of the real app, `create_app(SETTINGS, REGISTRY)`, as its lifespan builds it
+def pipeline() -> Iterator[Pipeline]:
+    """The job pipeline of the real app, `create_app(SETTINGS, REGISTRY)`, as its lifespan builds it
     (with the worker's HTTP client); the app is started, but no job is sent through it."""
     app = create_app(SETTINGS, REGISTRY)
     with TestClient(app):
         service: Service = app.state.service
-        yield service.service_output.workflow
+        yield service.service_output.pipeline
 
 
 # -- the on-chain codec ---------------------------------------------------------------------------------
@@ -162,11 +162,11 @@ bodies = jobs.map(lambda body: json.dumps(body).encode()) | json_values.map(lamb
 
 @FAST
 @given(bodies | st.binary(max_size=200))
-def test_any_body_is_a_job_or_a_css_error(workflow: Workflow, body: bytes) -> None:
-    """What `decode_job` and the workflow's `prepare` accept or refuse: only `CSSError`s, never a crash."""
+def test_any_body_is_a_job_or_a_css_error(pipeline: Pipeline, body: bytes) -> None:
+    """What the pipeline's decoding and its choice of the target accept or refuse: only `CSSError`s, never a crash."""
     try:
-        job = decode_job(body, REGISTRY, SETTINGS)
-        workflow.prepare(job.request)
+        job = pipeline.decode(body, JobRecord(None, "fuzz"))
+        pipeline.target(job, job.request)
     except CSSError as exc:
         assert 400 <= exc.status < 500, exc
         assert exc.message

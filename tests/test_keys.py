@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from css_core.keys import KeyPool, scrubber
+from css_core.providers.keys import KeyPool, scrubber
 from css_core.testing import Fault, ProviderDouble
 from tests.conftest import Launched, assert_error, chat, job, post_job, run_command, service_env
 from tests.helpers import requires_plugin

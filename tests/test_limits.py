@@ -16,9 +16,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import httpx
 import pytest
 
-from css_core.app import create_app
+from css_core.edge.app import create_app
 from css_core.config import load_settings
-from css_core.plugins import Provider, build_registry
+from css_core.providers.registry import Provider, build_registry
 from tests.conftest import (
     OFFCHAIN,
     ONCHAIN,

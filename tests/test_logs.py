@@ -18,7 +18,7 @@ import pytest
 
 from css_core.config import load_settings
 from css_core.errors import ConfigError
-from css_core.logs import JOB_FIELDS, JsonFormatter, TextFormatter
+from css_core.operations.logs import JOB_FIELDS, JsonFormatter, TextFormatter
 from tests.conftest import KEY, OFFCHAIN, STREAM, Launched, chat, job, service_env
 from tests.helpers import requires_plugin
 from tests.provider_double import Fault, ProviderDouble

@@ -18,8 +18,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from css_core.config import load_settings
-from css_core.metrics import outcome_of
-from css_core.plugins import build_registry
+from css_core.operations.metrics import outcome_of
+from css_core.providers.registry import build_registry
 from tests.conftest import (
     OFFCHAIN,
     ONCHAIN,

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from css_core.plugins import plugin_manager
+from css_core.providers.registry import plugin_manager
 from tests.conftest import (
     KEY,
     OFFCHAIN,

@@ -2,7 +2,7 @@
 manager (and unregistered after), served by the real app in front of the provider double.
 
 Most plugins here are `Acme` (`tests/acme.py`), an OpenAI-compatible provider built on
-`css_core.openai_format` and served at the double, with one hook changed per test. A
+`css_core.providers.openai_format` and served at the double, with one hook changed per test. A
 plugin's token usage and its reasons for a stream without text: `test_plugin_usage.py`.
 Tests named `test_hook_<hook>...` count for the meta-test of `test_plugins.py`.
 """
@@ -20,11 +20,11 @@ import msgspec
 import pluggy
 import pytest
 
-from css_core import openai_format
+from css_core.providers import openai_format
 from css_core.config import Settings, load_settings
 from css_core.errors import ConfigError, ProviderHTTPError
-from css_core.hookspecs import hookimpl
-from css_core.plugins import PluginInfo, build_registry, plugin_manager
+from css_core.providers.hookspecs import hookimpl
+from css_core.providers.registry import PluginInfo, build_registry, plugin_manager
 from css_core.types import JOB_FIELDS, CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
 from tests.acme import Acme, acme_env, acme_job, serve_acme
 from tests.conftest import KEY, assert_error, chat, job, post_job, registered
@@ -167,7 +167,7 @@ def test_hook_css_read_error_retry_after_from_the_body_is_honoured(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     slow_down = b'{"problem": "slow down", "retry_in": 1.5}'  # no Retry-After header: only the body says it
-    with registered(pm, acme=ReadsItsErrors()), caplog.at_level(logging.WARNING, logger="css_core.workflow"):
+    with registered(pm, acme=ReadsItsErrors()), caplog.at_level(logging.WARNING, logger="css_core.jobs.pipeline"):
         url = serve_acme()  # CSS_REQUEST_DELAY=0.01: without the hint the retry would be at once
         double.script(Fault.status(503, body=slow_down))
         started = time.monotonic()
@@ -328,7 +328,7 @@ def test_operator_defaults_may_not_set_fields_built_from_the_job(
 def test_operator_defaults_of_another_provider_do_not_apply(pm: pluggy.PluginManager) -> None:
     with registered(pm, acme=Acme()):
         registry = build_registry(settings(CSS_INF_WORKFLOW_KW_ARGS='{"OTHER": {"stream": true}}'), pm, {}, [])
-        assert registry.by_name("ACME").options == {}
+        assert registry.by_name("ACME").options_for("completions") == {}
 
 
 # -- css_postprocess: a bug in the plugin, or an answer of the wrong shape ----------------------------------
@@ -346,7 +346,7 @@ def assert_plugin_bug(
     description = assert_error(response, 500, "ACME", plugin, "TypeError")
     assert "css_postprocess" not in description  # the traceback is in the log, not in the answer
     assert len(double.requests) == 1  # a bug is not retried
-    (record,) = [r for r in caplog.records if r.name == "css_core.workflow" and r.levelno >= logging.ERROR]
+    (record,) = [r for r in caplog.records if r.name == "css_core.jobs.pipeline" and r.levelno >= logging.ERROR]
     assert record.exc_info is not None and record.exc_info[0] is TypeError
     assert "ACME" in record.getMessage()
     assert "Traceback" in caplog.text and "in css_postprocess" in caplog.text
@@ -357,7 +357,7 @@ def test_hook_css_postprocess_bug_is_a_500_naming_the_plugin_not_retried(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     infos = {"acme": PluginInfo("acme", "css-acme", "1.2.0")}  # as an installed plugin is known
-    with registered(pm, acme=Buggy()), caplog.at_level(logging.ERROR, logger="css_core.workflow"):
+    with registered(pm, acme=Buggy()), caplog.at_level(logging.ERROR, logger="css_core.jobs.pipeline"):
         url = serve_acme(infos=infos, CSS_REQUEST_TRIES=str(TRIES))
         response = post_job(http, url, acme_job())
     assert_plugin_bug(response, double, caplog, "css-acme 1.2.0")
@@ -367,7 +367,7 @@ def test_hook_css_postprocess_bug_of_a_plugin_registered_in_code_names_it(
     double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with registered(pm, acme_buggy=Buggy()), caplog.at_level(logging.ERROR, logger="css_core.workflow"):
+    with registered(pm, acme_buggy=Buggy()), caplog.at_level(logging.ERROR, logger="css_core.jobs.pipeline"):
         url = serve_acme(CSS_REQUEST_TRIES=str(TRIES))
         response = post_job(http, url, acme_job())
     assert_plugin_bug(response, double, caplog, "acme_buggy")  # its registered name: all that is known of it
@@ -406,7 +406,7 @@ def test_hook_css_postprocess_unreadable_answer_is_retried_then_a_502(
     caplog: pytest.LogCaptureFixture, plugin: type[Acme],
 ) -> None:
     double.add_route(Route("POST", r"/acme/chat/completions", {"result": "an answer of another shape"}))
-    with registered(pm, acme=plugin()), caplog.at_level(logging.WARNING, logger="css_core.workflow"):
+    with registered(pm, acme=plugin()), caplog.at_level(logging.WARNING, logger="css_core.jobs.pipeline"):
         url = serve_acme(CSS_REQUEST_TRIES=str(TRIES))
         response = post_job(http, url, acme_job())
     assert_error(response, 502, "ACME failed after 3 attempt(s)", "unreadable answer")

@@ -16,8 +16,8 @@ import pluggy
 import pytest
 
 from css_core.errors import ProviderBadResponse
-from css_core.hookspecs import hookimpl
-from css_core.logs import JOB_FIELDS as LOG_FIELDS
+from css_core.providers.hookspecs import hookimpl
+from css_core.operations.logs import JOB_FIELDS as LOG_FIELDS
 from css_core.types import Usage
 from tests.acme import Acme, acme_job, serve_acme
 from tests.conftest import STREAM, assert_error, post_job, registered

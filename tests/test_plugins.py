@@ -20,11 +20,12 @@ import msgspec
 import pluggy
 import pytest
 
-from css_core import hookspecs, plugins
+from css_core.providers import hookspecs
+from css_core.providers import registry as plugins
 from css_core.config import Settings, load_settings
 from css_core.errors import ConfigError, InvalidJob, ProviderBadResponse, ProviderNotAvailable
-from css_core.hookspecs import hookimpl
-from css_core.plugins import PluginInfo, build_registry, plugin_manager
+from css_core.providers.hookspecs import hookimpl
+from css_core.providers.registry import PluginInfo, build_registry, plugin_manager
 from css_core.types import CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
 from tests.conftest import (
     KEY,

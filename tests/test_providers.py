@@ -20,10 +20,10 @@ import httpx
 import pytest
 
 from css_core import ProviderSpec, hookimpl
-from css_core.codec import encode_request
+from css_core.jobs.codec import encode_request
 from css_core.config import load_settings
 from css_core.errors import ConfigError
-from css_core.plugins import build_registry, plugin_manager
+from css_core.providers.registry import build_registry, plugin_manager
 from css_core.types import Message
 from tests.conftest import (
     KEY,

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from css_core.config import RetryPolicy
 from css_core.errors import ProviderBadResponse, ProviderHTTPError, ProviderUnreachable
-from css_core.provider_http import retry_after_seconds
-from css_core.retry import is_retryable, wait_seconds
+from css_core.providers.http import retry_after_seconds
+from css_core.jobs.retry import is_retryable, wait_seconds
 from css_core.types import ProviderSpec
 from tests.conftest import assert_error, chat, job, post_job
 from tests.helpers import requires_plugin
@@ -151,7 +151,7 @@ def test_hung_attempt_times_out_then_success(
 ) -> None:
     url = service(CSS_REQUEST_TIMEOUT="0.3")
     double.script(Fault.hang(HANG))  # hangs past the client's patience: only the timeout can end the attempt
-    with caplog.at_level(logging.WARNING, logger="css_core.workflow"):
+    with caplog.at_level(logging.WARNING, logger="css_core.jobs.pipeline"):
         response = post_job(http, url, job(chat()))
     assert_recovered(double, response)
     assert "OPENAI attempt 1 failed (timed out" in caplog.text  # abandoned for its timeout, not ended by the double

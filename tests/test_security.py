@@ -11,11 +11,11 @@ import httpx
 import msgspec
 import pytest
 
-from css_core import openai_format
+from css_core.providers import openai_format
 from css_core.config import Settings
 from css_core.errors import ProviderHTTPError
-from css_core.hookspecs import hookimpl
-from css_core.plugins import plugin_manager
+from css_core.providers.hookspecs import hookimpl
+from css_core.providers.registry import plugin_manager
 from css_core.types import CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
 from tests.conftest import (
     ONCHAIN,

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from css_core.provider_http import read, sse_events
+from css_core.providers.http import read, sse_events
 from css_core.testing import Framing, ProviderDouble
 from tests.conftest import OFFCHAIN, STREAM, chat, job, post_job
 from tests.helpers import requires_plugin
@@ -75,7 +75,7 @@ def test_an_offchain_job_is_unchanged(double: ProviderDouble, url: str, http: ht
     assert double.requests[0].json.get("stream") is not True  # an ordinary JSON answer was asked for
 
 
-# -- an answer's body, content-encoded or not (a unit test of css_core.provider_http) -------------------------
+# -- an answer's body, content-encoded or not (a unit test of css_core.providers.http) -------------------------
 
 
 class _Parts(httpx.AsyncByteStream):

@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 from uvicorn.supervisors import multiprocess
 
-from css_core.listeners import Workers
+from css_core.edge.workers import Workers
 from tests.conftest import Launched, chat, job, service_env
 from tests.provider_double import ProviderDouble
 from tests.test_metrics import (
@@ -82,7 +82,7 @@ def supervisor() -> Iterator[Workers]:
     saved = {sig: signal.getsignal(sig) for sig in multiprocess.SIGNALS}
     sockets = [socket.socket() for _ in range(3)]
     try:
-        yield Workers(uvicorn.Config("css_core.cli:worker_app", factory=True, workers=3), sockets)
+        yield Workers(uvicorn.Config("css_core.edge.cli:worker_app", factory=True, workers=3), sockets)
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)

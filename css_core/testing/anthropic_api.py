@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import itertools
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from css_core.testing.routes import RecordedRequest, Reject, Route, split_text
+from css_core.testing.routes import RecordedRequest, Replies, Reject, Route, split_text
 from css_core.testing.sse import Event, Stream
 
-if TYPE_CHECKING:
-    from css_core.testing.double import ProviderDouble
 
 __all__ = ("ANTHROPIC_VERSION", "anthropic_error", "anthropic_routes")
 
@@ -43,7 +41,7 @@ def anthropic_error(status: int, message: str | None = None) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message or text}}
 
 
-def anthropic_routes(double: ProviderDouble) -> list[Route]:
+def anthropic_routes(double: Replies) -> list[Route]:
     """`POST .../messages`, answered by `double` (its `reply`, `stream_chunks`, ...)."""
     return [Route("POST", r"/messages", partial(_messages, double))]
 
@@ -56,7 +54,7 @@ def _text_of(content: Any) -> str:
     raise Reject(400, "messages: content must be a string or a list of content blocks")
 
 
-def _messages(double: ProviderDouble, request: RecordedRequest) -> Any:
+def _messages(double: Replies, request: RecordedRequest) -> Any:
     body = request.json
     if not isinstance(body, dict):
         raise Reject(400, "The request body is not valid JSON.")

@@ -11,13 +11,11 @@ JSON array); `:embedContent` answers `{"embedding": {"values": [...]}}`. Errors 
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from css_core.testing.routes import RecordedRequest, Reject, Route, split_text
+from css_core.testing.routes import RecordedRequest, Replies, Reject, Route, split_text
 from css_core.testing.sse import Stream
 
-if TYPE_CHECKING:
-    from css_core.testing.double import ProviderDouble
 
 __all__ = ("gemini_error", "gemini_key_invalid", "gemini_routes")
 
@@ -50,7 +48,7 @@ def gemini_key_invalid() -> tuple[int, dict[str, Any]]:
     return 400, gemini_error(400, "API key not valid. Please pass a valid API key.", reason="API_KEY_INVALID")
 
 
-def gemini_routes(double: ProviderDouble) -> list[Route]:
+def gemini_routes(double: Replies) -> list[Route]:
     """`:generateContent`, `:streamGenerateContent` (`?alt=sse` or a JSON array) and
     `:embedContent`, answered by `double`."""
     bad_key = gemini_key_invalid()
@@ -70,7 +68,7 @@ def _texts(content: Any) -> str:
     return "".join(p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str))
 
 
-def _generate(double: ProviderDouble, mode: str, request: RecordedRequest) -> Any:
+def _generate(double: Replies, mode: str, request: RecordedRequest) -> Any:
     body = request.json
     if not isinstance(body, dict):
         raise Reject(400, "Invalid JSON payload received.")
@@ -97,7 +95,7 @@ def _generate(double: ProviderDouble, mode: str, request: RecordedRequest) -> An
     return Stream(chunks) if mode == "sse" else chunks
 
 
-def _embed(double: ProviderDouble, request: RecordedRequest) -> Any:
+def _embed(double: Replies, request: RecordedRequest) -> Any:
     body = request.json
     if not isinstance(body, dict):
         raise Reject(400, "Invalid JSON payload received.")

@@ -12,15 +12,13 @@ import http
 import itertools
 import time
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
-from css_core.testing.routes import RecordedRequest, Reject, Route, split_text
+from css_core.testing.routes import RecordedRequest, Replies, Reject, Route, split_text
 from css_core.testing.sse import Stream
 
-if TYPE_CHECKING:
-    from css_core.testing.double import ProviderDouble
 
 __all__ = ("openai_error", "openai_routes")
 
@@ -50,7 +48,7 @@ def openai_error(status: int, message: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message or default, "type": kind, "code": code}}
 
 
-def openai_routes(double: ProviderDouble) -> list[Route]:
+def openai_routes(double: Replies) -> list[Route]:
     """Chat completions, embeddings and GooseAI's engine completions, answered by `double`."""
     return [
         Route("POST", r"/chat/completions", partial(_chat, double)),
@@ -69,7 +67,7 @@ def _base(model: Any) -> dict[str, Any]:
     return {"id": f"cmpl-{next(_IDS)}", "created": int(time.time()), "model": model}
 
 
-def _chat(double: ProviderDouble, request: RecordedRequest) -> Any:
+def _chat(double: Replies, request: RecordedRequest) -> Any:
     body = _object(request)
     model, messages = body.get("model"), body.get("messages")
     if not isinstance(model, str) or not isinstance(messages, list) or not messages:
@@ -98,7 +96,7 @@ def _chat(double: ProviderDouble, request: RecordedRequest) -> Any:
     return {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
 
 
-def _embeddings(double: ProviderDouble, request: RecordedRequest) -> Any:
+def _embeddings(double: Replies, request: RecordedRequest) -> Any:
     body = _object(request)
     texts = body.get("input")
     texts = [texts] if isinstance(texts, str) else texts
@@ -111,7 +109,7 @@ def _embeddings(double: ProviderDouble, request: RecordedRequest) -> Any:
     return {"object": "list", "data": data, "model": body.get("model"), "usage": usage}
 
 
-def _goose(double: ProviderDouble, request: RecordedRequest) -> Any:
+def _goose(double: Replies, request: RecordedRequest) -> Any:
     body = _object(request)
     model, prompt = request.params["model"], body.get("prompt")
     if not isinstance(prompt, str):

@@ -12,9 +12,23 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ("RecordedRequest", "Reject", "Route", "split_text")
+__all__ = ("Replies", "RecordedRequest", "Reject", "Route", "split_text")
+
+
+class Replies(Protocol):
+    """What a provider's routes ask the double that serves them (`ProviderDouble` is one)."""
+
+    stream_chunks: int  # how many text events a stream has
+
+    def text_for(self, model: str, last_content: str) -> str:
+        """The completion's text for a model and the conversation's last message."""
+        ...
+
+    def embedding_for(self, text: str) -> list[float]:
+        """The embedding of a text."""
+        ...
 
 
 @dataclass

@@ -27,9 +27,9 @@ def build_app(env: Mapping[str, str], plugins: Sequence[object] | None = None) -
     `plugins`: the plugin objects or modules to serve, and only those; `None`: the installed
     plugins (their entry points), as the service itself loads them.
     """
-    from css_core.app import create_app
+    from css_core.edge.app import create_app
     from css_core.config import load_settings
-    from css_core.plugins import build_registry, plugin_manager
+    from css_core.providers.registry import build_registry, plugin_manager
 
     settings = load_settings(environ=dict(env), dotenv=None)
     pm, infos, errors = plugin_manager(load_entry_points=plugins is None)

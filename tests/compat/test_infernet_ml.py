@@ -33,7 +33,7 @@ from infernet_ml.utils.codec.css import (
 )
 from infernet_ml.utils.css_mux import ConvoMessage
 
-from css_core import codec
+from css_core.jobs import codec
 from css_core.types import Message
 from tests.provider_double import ProviderDouble
 
@@ -124,7 +124,7 @@ def test_they_decode_ours(case: Case) -> None:
 
 def test_provider_and_endpoint_ids_match_infernet_ml() -> None:
     from css_core.config import load_settings
-    from css_core.plugins import build_registry
+    from css_core.providers.registry import build_registry
 
     assert {e.value: e.name for e in CSSEndpoint} == codec.ENDPOINT_IDS
     registry = build_registry(load_settings(environ={}, dotenv=None))
@@ -187,7 +187,7 @@ def _command() -> list[str]:
     script = Path(sys.executable).with_name("css-inference-service")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from css_core.cli import main; main(sys.argv[1:])"]
+    return [sys.executable, "-c", "import sys; from css_core.edge.cli import main; main(sys.argv[1:])"]
 
 
 @pytest.fixture(scope="module")

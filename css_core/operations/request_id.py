@@ -21,7 +21,7 @@ HEADER = b"x-request-id"
 _VALID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 _STATE_KEY = "css.request_id"
 
-#: The id of the request the running task serves, for log lines (`css_core.logs`).
+#: The id of the request the running task serves, for log lines (`css_core.operations.logs`).
 current: ContextVar[str | None] = ContextVar("css_request_id", default=None)
 
 

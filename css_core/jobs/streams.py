@@ -1,6 +1,6 @@
 """A started stream: its first text, the texts that follow, and who serves it.
 
-`Workflow.stream` returns one once the provider's first text has arrived. Iterating it
+`Pipeline.stream` returns one once the provider's first text has arrived. Iterating it
 yields the text of each later read of the provider's answer: the events that arrived
 together are relayed together, so a busy worker spends less per event the further it
 falls behind. The stream holds its provider's in-flight slot and the provider's answer
@@ -13,12 +13,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from css_core.attempts import JobAttempts
-from css_core.plugins import Provider
+from css_core.jobs._attempts import Attempts
+from css_core.providers.registry import Provider
 
 __all__ = ("Streamed", "close_events")
 
-logger = logging.getLogger("css_core.workflow")
+logger = logging.getLogger("css_core.jobs.pipeline")
 
 
 async def close_events(events: Any) -> None:
@@ -33,12 +33,12 @@ class Streamed:
 
     __slots__ = ("_job", "_open", "_upstream", "deadline_at", "first", "model", "provider", "sent")
 
-    def __init__(self, job: JobAttempts, upstream: AsyncIterator[Any], first: str) -> None:
+    def __init__(self, job: Attempts, upstream: AsyncIterator[Any], first: str) -> None:
         self._job, self._upstream, self._open = job, upstream, True
         self.first = first
         self.provider: Provider = job.provider
         self.model = job.request.model
-        self.deadline_at = job.deadline_at  # the loop's time when the stream is cut
+        self.deadline_at = job.job.deadline_at  # the loop's time when the stream is cut
         self.sent = 1  # the texts handed out so far, the first included
 
     def __aiter__(self) -> Streamed:

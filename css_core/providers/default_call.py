@@ -13,8 +13,8 @@ import httpx
 import msgspec
 
 from css_core.errors import ProviderHTTPError
-from css_core.hookspecs import hookimpl
-from css_core.provider_http import read, retry_after_seconds, send, sse_events
+from css_core.providers.hookspecs import hookimpl
+from css_core.providers.http import read, retry_after_seconds, send, sse_events
 from css_core.types import PreparedCall
 
 __all__ = ("ErrorAnswer", "css_call", "css_call_stream", "css_read_error", "error_message")

@@ -14,56 +14,25 @@ The configuration is read here and checked against the installed providers by
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
-from css_core.errors import ConfigError, CSSError, ProviderFailed, ProviderTimeout
-from css_core.record import current
+from css_core.config import Target
+from css_core.errors import CSSError, ProviderFailed, ProviderTimeout
+from css_core.operations.record import JobRecord
 from css_core.types import CSSRequest
 
 if TYPE_CHECKING:
-    from css_core.plugins import Provider, Registry
+    from css_core.providers.registry import Provider, Registry
 
-__all__ = ("VARIABLE", "Fallbacks", "Target", "fall_back", "parse_fallbacks")
+__all__ = ("VARIABLE", "Fallbacks", "fall_back")
 
 T = TypeVar("T")
-logger = logging.getLogger("css_core.workflow")
+logger = logging.getLogger("css_core.jobs.pipeline")
 
 VARIABLE = "CSS_FALLBACKS"
-EXPECTED = 'a JSON object {"PROVIDER/model" or "PROVIDER": ["PROVIDER/model", ...]}'
-
-
-class Target(msgspec.Struct, frozen=True):
-    """A provider (upper case) and one of its models, which a job may fall back to."""
-
-    provider: str
-    model: str
-
-    def __str__(self) -> str:
-        return f"{self.provider}/{self.model}"
-
-
-def _split(text: str, what: str, model_required: bool) -> tuple[str, str]:
-    provider, slash, model = text.strip().partition("/")
-    provider = provider.strip()
-    if not provider or any(c.isspace() for c in provider) or (slash and not model) or (model_required and not slash):
-        shape = '"PROVIDER/model"' if model_required else '"PROVIDER/model" or "PROVIDER"'
-        raise ConfigError(f"{VARIABLE}: {what} {text!r} must be {shape}")
-    return provider.upper(), model
-
-
-def parse_fallbacks(raw: Mapping[str, list[str]]) -> dict[str, tuple[Target, ...]]:
-    """The decoded `CSS_FALLBACKS`, keyed `"PROVIDER/model"` or `"PROVIDER"` (upper case)."""
-    fallbacks: dict[str, tuple[Target, ...]] = {}
-    for key, targets in raw.items():
-        provider, model = _split(key, "key", model_required=False)
-        name = f"{provider}/{model}" if model else provider
-        if name in fallbacks:
-            raise ConfigError(f"{VARIABLE} names {name!r} twice (provider names match in any case)")
-        fallbacks[name] = tuple(Target(*_split(target, "target", model_required=True)) for target in targets)
-    return fallbacks
 
 
 class Fallbacks:
@@ -83,16 +52,6 @@ class Fallbacks:
         exact = self._fallbacks.get(f"{name}/{model}")
         return exact if exact is not None else self._fallbacks.get(name, ())
 
-    def check(self, installed: Collection[str]) -> None:
-        """Refuse a provider that is not installed, naming the variable (`installed`: upper case)."""
-        for key, targets in self._fallbacks.items():
-            for provider in (key.partition("/")[0], *(target.provider for target in targets)):
-                if provider not in installed:
-                    names = ", ".join(sorted(installed)) or "none"
-                    raise ConfigError(
-                        f"{VARIABLE} names provider {provider!r}, which is not installed (installed: {names})"
-                    )
-
 
 def _can_take(provider: Provider, request: CSSRequest, target: Target) -> bool:
     """Whether a target can take the job: served here, with the job's endpoint (and streams)."""
@@ -109,7 +68,7 @@ def _can_take(provider: Provider, request: CSSRequest, target: Target) -> bool:
 
 
 async def fall_back(
-    registry: Registry, request: CSSRequest, failure: CSSError,
+    registry: Registry, fallbacks: Fallbacks, record: JobRecord, request: CSSRequest, failure: CSSError,
     start: Callable[[CSSRequest, bool], Awaitable[T]],
 ) -> T:
     """The job at its fallbacks, in order, once its own provider failed with `failure`.
@@ -118,8 +77,7 @@ async def fall_back(
     follow it); the first to answer wins. A passed deadline ends the chain; when no target
     could be tried, the job ends with its own failure; else a 502 names each one tried.
     """
-    targets = () if isinstance(failure, ProviderTimeout) else registry.fallbacks.targets(request.provider,
-                                                                                          request.model)
+    targets = () if isinstance(failure, ProviderTimeout) else fallbacks.targets(request.provider, request.model)
     if not targets:
         raise failure
     own = registry.by_name(request.provider).spec.name
@@ -132,7 +90,7 @@ async def fall_back(
         seen.add((target.provider, target.model))
         logger.warning("%s failed; falling back to %s (%s)", tried[-1][0], target, tried[-1][1])
         redirected = msgspec.structs.replace(request, provider=provider.spec.name, model=target.model)
-        current().fallback(tried[-1][0].split("/", 1)[0], provider.spec.name, target.model)
+        record.fallback(tried[-1][0].split("/", 1)[0], provider.spec.name, target.model)
         try:
             return await start(redirected, number < len(targets))
         except ProviderTimeout:

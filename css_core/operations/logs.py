@@ -5,7 +5,7 @@ applies it, and hands it to uvicorn, which applies it again in each worker proce
 worker does not inherit its parent's logging). Both formats cover the service's loggers and
 uvicorn's. A JSON line has `time` (UTC, ISO 8601), `level`, `logger` and `message`; a line
 logged while a job is served has its `request_id`; a job's own line (`job finished`,
-`css_core.record`) has its fields too. Neither format ever holds a key, a message's
+`css_core.operations.record`) has its fields too. Neither format ever holds a key, a message's
 content or a job's `extra_args`: the job's line holds names, numbers and statuses only.
 """
 
@@ -18,13 +18,15 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from css_core import request_id
-from css_core.messages import encode_json
+import msgspec
+
+from css_core.operations import request_id
 
 __all__ = ("JOB_FIELDS", "JsonFormatter", "TextFormatter", "lean_records", "logging_config")
 
 #: the attribute of a log record holding a finished job's fields
 JOB_FIELDS = "css_job"
+_encode_json = msgspec.json.Encoder().encode
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _PLAIN = re.compile(r"[\w.:/@+-]*")  # a text value shown as is; any other is quoted
 
@@ -47,7 +49,7 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return encode_json(entry).decode()
+        return _encode_json(entry).decode()
 
 
 class TextFormatter(logging.Formatter):
@@ -66,7 +68,7 @@ def _text(value: object) -> str:
     if not isinstance(value, str):
         return str(value)  # a number
     # a job's model name may hold spaces or line breaks: quoted, it cannot fake another field or line
-    return value if _PLAIN.fullmatch(value) else encode_json(value).decode()
+    return value if _PLAIN.fullmatch(value) else _encode_json(value).decode()
 
 
 def lean_records() -> None:

@@ -1,11 +1,13 @@
-"""One job at one provider: the key of each attempt, how it retries, what its failures are called.
+"""One job at one target: the key of each attempt, how it retries, what its failures are called.
 
-The retry policy is the provider's tenacity controller (`css_core.retry`). Each job runs a
-copy of it with the strategies of `JobAttempts` (`wait`, `retry`, `stop`), which defer to
+The retry policy is the provider's tenacity controller (`css_core.jobs.retry`); each job
+runs its own copy (`Attempts.retrying`), whose strategies (`wait`, `retry`, `stop`) defer to
 the policy and add only what the job knows: which key failed, and whether it has fallbacks.
+tenacity makes every attempt, the first included.
 
-- A 429 cools its key down for its `Retry-After` (else the policy's next wait). The next
-  attempt waits 0 when another key is usable now, else until the first key is free again.
+- A 429 cools its key down for its `Retry-After` (capped, see `Attempts.note`), else for the
+  configured policy's next wait. The next attempt waits 0 when another key is usable now,
+  else until the first key is free again.
 - A refused key (401, 403, a plugin's `key_refused`) is set aside and the next key tried
   at once; that hop is never stopped by the number of tries, only by the deadline.
 - When every key is cooling and the job has a fallback, it stops at once: the fallback
@@ -25,7 +27,6 @@ import msgspec
 from tenacity import AsyncRetrying, RetryCallState
 
 from css_core.config import RetryPolicy
-from css_core.default_call import ErrorAnswer
 from css_core.errors import (
     CSSError,
     PluginFailed,
@@ -36,21 +37,24 @@ from css_core.errors import (
     ProviderTimeout,
     ProviderUnreachable,
 )
-from css_core.plugins import Provider
-from css_core.provider_http import unreachable
-from css_core.record import current
-from css_core.retry import is_retryable, wait_seconds
-from css_core.routing import Fallbacks
+from css_core.jobs.decode import Job
+from css_core.jobs.retry import is_retryable, wait_seconds
+from css_core.providers.default_call import ErrorAnswer
+from css_core.providers.http import unreachable
+from css_core.providers.registry import Provider
 from css_core.types import CSSRequest, PreparedCall
 
-__all__ = ("JobAttempts", "KeysCooling", "events_of", "refuses_key")
+__all__ = ("RETRY_AFTER_CAP", "Attempts", "KeysCooling", "call_hook", "events_of", "plugin_failed", "refuses_key")
 
-logger = logging.getLogger("css_core.workflow")
-# what reading an answer of an unexpected shape raises: the answer is unreadable (retried)
+logger = logging.getLogger("css_core.jobs.pipeline")
+# what reading an answer of an unexpected shape raises (the standard library's
+# json.JSONDecodeError is a ValueError): the answer is unreadable, and retried
 _UNREADABLE = (msgspec.DecodeError, msgspec.ValidationError, KeyError, IndexError, ValueError)
 # what a plugin may raise on purpose; anything else is a bug in the plugin
 _EXPECTED = (CSSError, ProviderHTTPError, ProviderBadResponse, ProviderUnreachable)
 _MAX_DETAIL = 500  # a provider's error text passed on to the caller is cut to this length
+#: the longest a `Retry-After` sets a key aside when `CSS_KEY_DISABLE_SECONDS` is 0
+RETRY_AFTER_CAP = 600.0
 
 
 def refuses_key(exc: ProviderHTTPError) -> bool:
@@ -81,36 +85,34 @@ def events_of(read: list[bytes] | bytes) -> list[bytes]:
     return [read] if isinstance(read, bytes) else read
 
 
-class JobAttempts:
-    """One job's attempts at one provider (its own, or a fallback target)."""
+class Attempts:
+    """One job's attempts at one target (its own provider, or a fallback's), and their state."""
 
-    # class-level defaults: a job that needs none of them (one key, no failure) sets only its provider and request
-    attempts = 0
-    url = ""
-    content = b""
-    key = 0  # the key of the last attempt
-    refused: set[int] | None = None  # keys the provider refused during this job
-    key_failed = False  # the last attempt failed because of its key (429, refused)
-    hop = False  # ... because its key was refused: the next key is not a retry
-    deadline_at = 0.0  # the event loop's time when the job's deadline passes
-    more: bool | None = None  # whether fallbacks follow; None: ask `fallbacks` when it matters
-    fallbacks: Fallbacks | None = None
-    policy: AsyncRetrying | None = None
-    retry_policy = RetryPolicy()
-    last_event: bytes | None = None  # a stream's last event with text, whose usage is read when it ends
-    failed_event: Exception | None = None  # a stream event's failure, raised once the text before it is relayed
-    input_tokens = output_tokens = 0  # the usage the answer reports (a stream's: the largest of its events')
+    __slots__ = (
+        "attempts", "content", "failed_event", "has_fallback", "hop", "input_tokens", "job", "key", "key_failed",
+        "last_event", "output_tokens", "policy", "provider", "refused", "request", "retry_after_cap",
+        "retry_policy", "url",
+    )
 
-    def __init__(self, provider: Provider, request: CSSRequest) -> None:
+    def __init__(self, job: Job, provider: Provider, request: CSSRequest, url: str, content: bytes,
+                 policy: AsyncRetrying, retry_policy: RetryPolicy, has_fallback: Callable[[], bool]) -> None:
+        self.job = job
         self.provider = provider
-        self.request = request
-
-    def has_fallback(self) -> bool:
-        """Whether a fallback would take the job if it stopped now (looked up once, when it matters)."""
-        if self.more is None:
-            fallbacks = self.fallbacks
-            self.more = bool(fallbacks and fallbacks.targets(self.provider.spec.name, self.request.model))
-        return self.more
+        self.request = request  # the job's request, redirected to this target's provider and model
+        self.url, self.content = url, content
+        self.policy = policy  # the provider's retry policy, which this job's copy defers to
+        self.retry_policy = retry_policy  # ... its parameters (`CSS_REQUEST_*`), for a 429's cool-down
+        self.has_fallback = has_fallback  # whether a fallback would take the job if it stopped now
+        disable = provider.pool.disable_seconds
+        self.retry_after_cap = disable if disable > 0 else RETRY_AFTER_CAP
+        self.attempts = 0
+        self.key = 0  # the key of the last attempt
+        self.refused: set[int] | None = None  # keys the provider refused during this job
+        self.key_failed = False  # the last attempt failed because of its key (429, refused)
+        self.hop = False  # ... because its key was refused: the next key is not a retry
+        self.last_event: bytes | None = None  # a stream's last event with text, whose usage is read when it ends
+        self.failed_event: Exception | None = None  # a stream event's failure, raised once the text before it is sent
+        self.input_tokens = self.output_tokens = 0  # the usage the answer reports (a stream's: its largest)
 
     # -- the attempts --------------------------------------------------------------------------------------
 
@@ -123,32 +125,36 @@ class JobAttempts:
             self.key = pool.pick(self.refused)
         return PreparedCall(self.url, provider.headers_for(self.key), self.content, timeout)
 
-    def controller(self, policy: AsyncRetrying, retry_policy: RetryPolicy) -> AsyncRetrying:
-        """This job's copy of the provider's retry policy."""
-        self.policy, self.retry_policy = policy, retry_policy
-        return policy.copy(before_sleep=self.before_sleep, wait=self.wait, retry=self.retry, stop=self.stop)
+    def retrying(self) -> AsyncRetrying:
+        """This job's copy of the provider's retry policy, with the job's strategies."""
+        return self.policy.copy(before_sleep=self.before_sleep, wait=self.wait, retry=self.retry, stop=self.stop)
 
-    async def admit(self) -> None:
+    async def wait_for_key(self) -> None:
         """Before the first attempt, when every key is cooling: wait until the first is free, or
         give up at once when the job has a fallback or the wait would pass its deadline."""
         seconds = self.provider.pool.wait(self.refused)
         if not seconds:
             return
-        if self.has_fallback() or asyncio.get_running_loop().time() + seconds >= self.deadline_at:
+        if self.has_fallback() or asyncio.get_running_loop().time() + seconds >= self.job.deadline_at:
             raise KeysCooling(seconds)
         logger.info("every key of %s is cooling down; the job waits %.1f s", self.provider.spec.name, seconds)
-        current().waited(seconds)
+        self.job.record.waited(seconds)
         await asyncio.sleep(seconds)
 
     def note(self, exc: BaseException) -> None:
-        """After a failed attempt: cool its key down after a 429, set it aside when refused."""
+        """After a failed attempt: cool its key down after a 429, set it aside when refused.
+
+        A 429's cool-down is its `Retry-After`, never longer than `CSS_KEY_DISABLE_SECONDS`
+        (600 s when that is 0), else the configured policy's wait after this attempt."""
         self.key_failed = self.hop = False
         if not isinstance(exc, ProviderHTTPError):
             return
         pool, key, name = self.provider.pool, self.key, self.provider.spec.name
         if exc.status == 429:
-            seconds = exc.retry_after if exc.retry_after is not None else wait_seconds(self.retry_policy,
-                                                                                       self.attempts, None)
+            if exc.retry_after is not None:
+                seconds = min(exc.retry_after, self.retry_after_cap)
+            else:
+                seconds = wait_seconds(self.retry_policy, self.attempts, None)
             pool.cool(key, seconds)
             self.key_failed = True
             if pool.size > 1:
@@ -165,17 +171,16 @@ class JobAttempts:
     # -- the job's strategies for its copy of the retry policy ----------------------------------------------
 
     def wait(self, state: RetryCallState) -> float:
-        """0 when another key is usable now, until the first key is free when all cool; else the policy's."""
+        """0 when another key is usable now, until the first key is free when all cool; else the policy's
+        (a `Retry-After` no longer than the cap)."""
         if self.key_failed:
             seconds = self.provider.pool.wait(self.refused)
             if seconds is not None:
                 return seconds
-        assert self.policy is not None
-        return float(self.policy.wait(state))
+        return min(float(self.policy.wait(state)), self.retry_after_cap)
 
     def retry(self, state: RetryCallState) -> bool:
         """The policy's choice, or another key after a key's failure the policy would not retry."""
-        assert self.policy is not None
         if self.policy.retry(state):
             return True
         return self.key_failed and self.provider.pool.other(self.key, self.refused)
@@ -183,11 +188,10 @@ class JobAttempts:
     def stop(self, state: RetryCallState) -> bool:
         """Not past the deadline, not while a fallback could answer now; else the policy's choice."""
         sleep = state.upcoming_sleep
-        if asyncio.get_running_loop().time() + sleep >= self.deadline_at:
+        if asyncio.get_running_loop().time() + sleep >= self.job.deadline_at:
             return True
         if sleep > 0 and self.key_failed and self.has_fallback():
             return True
-        assert self.policy is not None
         return not self.hop and bool(self.policy.stop(state))
 
     def before_sleep(self, state: RetryCallState) -> None:
@@ -197,7 +201,7 @@ class JobAttempts:
         what = self.describe(exc) if exc else "?"
         logger.warning("%s attempt %d failed (%s); retrying in %.1f s", self.provider.spec.name, self.attempts,
                        what, wait)
-        current().waited(wait)
+        self.job.record.waited(wait)
 
     # -- what failures are called --------------------------------------------------------------------------
 
@@ -216,7 +220,7 @@ class JobAttempts:
         return self.scrub(str(exc) or type(exc).__name__)
 
     def failure(self, exc: BaseException) -> Exception:
-        """The error the job ends with after `exc` ended its attempts at this provider."""
+        """The error the job ends with after `exc` ended its attempts at this target."""
         name, attempts, what = self.provider.spec.name, self.attempts, self.describe(exc)
         if isinstance(exc, TimeoutError):
             return ProviderTimeout(f"{name} did not answer within the job deadline ({attempts} attempt(s) made)")
@@ -231,31 +235,9 @@ class JobAttempts:
                 return ProviderRejected(f"{name} rejected the request ({what})")
         return ProviderFailed(f"{name} failed after {attempts} attempt(s); last error: {what}")
 
-    def plugin_step(self, hook: Callable[..., Any], what: str, *, reading: bool = True, **kwargs: Any) -> Any:
-        """Call one of the plugin's hooks. While `reading` an answer, an error of its shape is an
-        unreadable answer (retried); any other exception, or any at all while encoding, is a bug
-        in the plugin (not retried)."""
-        try:
-            return hook(spec=self.provider.spec, **kwargs)
-        except _EXPECTED:
-            raise
-        except _UNREADABLE as exc:
-            if not reading:
-                raise self.plugin_failed(exc, what) from None
-            raise ProviderBadResponse(f"unreadable {what}: {self.scrub(repr(exc))}") from None
-        except Exception as exc:
-            raise self.plugin_failed(exc, what) from None
-
-    def plugin_failed(self, exc: Exception, what: str) -> PluginFailed:
-        """A bug in the plugin: logged with its traceback, answered as a 500 naming the plugin."""
-        provider = self.provider
-        _scrub_exception(exc, provider.scrub)  # its traceback is logged: the plugin's message may hold a key
-        logger.error("the plugin of %s (%s) failed on the %s", provider.spec.name, provider.plugin, what,
-                     exc_info=exc)
-        return PluginFailed(
-            f"the {provider.spec.name} plugin ({provider.plugin}) failed on the {what}: {self.scrub(repr(exc))}; "
-            "the service's log has its traceback"
-        )
+    def plugin_step(self, hook: Callable[..., Any], what: str, **kwargs: Any) -> Any:
+        """Call one of the plugin's hooks that reads an answer (see `call_hook`)."""
+        return call_hook(self.provider, hook, what, reading=True, **kwargs)
 
     def read_usage(self, data: bytes) -> None:
         """Note the tokens an answer's body or a stream's event reports (`css_usage`). A plugin that
@@ -273,7 +255,7 @@ class JobAttempts:
     async def report_usage(self) -> None:
         """Report the answer's usage to the job's record (its metrics and token budgets), if any."""
         if self.input_tokens or self.output_tokens:
-            await current().usage(self.input_tokens, self.output_tokens)
+            await self.job.record.usage(self.input_tokens, self.output_tokens)
 
     def texts_of(self, events: list[bytes] | bytes) -> str:
         """The text of the events of one read (`css_parse_stream_event`), joined; the usage of
@@ -310,4 +292,41 @@ class JobAttempts:
             return unreachable(exc)
         if isinstance(exc, _EXPECTED) or not isinstance(exc, Exception):  # a cancellation, a closed stream
             return exc
-        return self.plugin_failed(exc, "call")
+        return plugin_failed(self.provider, exc, "call")
+
+
+def call_hook(provider: Provider, hook: Callable[..., Any], what: str, *, reading: bool, **kwargs: Any) -> Any:
+    """Call one of the plugin's hooks. While `reading` an answer, an error of its shape is an
+    unreadable answer (retried); any other exception, or any at all while encoding, is a bug
+    in the plugin (not retried)."""
+    try:
+        return hook(spec=provider.spec, **kwargs)
+    except _EXPECTED:
+        raise
+    except _UNREADABLE as exc:
+        if not reading:
+            raise plugin_failed(provider, exc, what) from None
+        detail = provider.scrub(_in_words(exc))
+        raise ProviderBadResponse(f"unreadable {what}: {detail[:_MAX_DETAIL]}") from None
+    except Exception as exc:
+        raise plugin_failed(provider, exc, what) from None
+
+
+def _in_words(exc: BaseException) -> str:
+    """An unreadable answer's cause for the caller: the decoder's own message, or what was missing."""
+    if isinstance(exc, IndexError):
+        return "an expected list is empty"
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r} in it" if exc.args else "a field is missing"
+    return str(exc) or type(exc).__name__
+
+
+def plugin_failed(provider: Provider, exc: Exception, what: str) -> PluginFailed:
+    """A bug in the plugin: logged with its traceback, answered as a 500 naming the plugin."""
+    _scrub_exception(exc, provider.scrub)  # its traceback is logged: the plugin's message may hold a key
+    logger.error("the plugin of %s (%s) failed on the %s", provider.spec.name, provider.plugin, what, exc_info=exc)
+    detail = provider.scrub(repr(exc))
+    return PluginFailed(
+        f"the {provider.spec.name} plugin ({provider.plugin}) failed on the {what}: "
+        f"{detail if len(detail) <= _MAX_DETAIL else detail[:_MAX_DETAIL] + '…'}; the service's log has its traceback"
+    )

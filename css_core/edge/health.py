@@ -17,19 +17,13 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from css_core.errors import CSSError
-from css_core.plugins import Registry
+from css_core.errors import NotReady
+from css_core.providers.registry import Registry
 
-__all__ = ("NotReady", "Readiness")
+__all__ = ("Readiness",)
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _Handler = Callable[[int, FrameType | None], Any] | int | None
-
-
-class NotReady(CSSError):
-    """503: this worker should not be sent jobs now; the message says why."""
-
-    status = 503
 
 
 class Readiness:

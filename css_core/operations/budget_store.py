@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit
 
-from css_core.budgets import Slot, StoreUnavailable
-from css_core.errors import ConfigError
+from css_core.errors import ConfigError, StoreUnavailable
+from css_core.operations.budgets import Budgets, Slot
 
 if TYPE_CHECKING:
-    from css_core.budgets import Store
+    from css_core.operations.budgets import Store
     from css_core.config import Settings
 
-__all__ = ("RedisStore", "SQLiteStore", "check_store", "open_store")
+__all__ = ("RedisStore", "SQLiteStore", "check_store", "open_budgets", "open_store")
 
 T = TypeVar("T")
 _GRACE = 60  # seconds a window's count is kept after it ends, for a late scrape
@@ -41,6 +41,11 @@ _REASON_LENGTH = 200
 def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return text if len(text) <= _REASON_LENGTH else text[:_REASON_LENGTH] + "…"
+
+
+def open_budgets(settings: Settings) -> Budgets:
+    """The budgets of `CSS_BUDGETS`, with the store the settings name (opened on first use)."""
+    return Budgets(settings.budgets, open_store(settings) if settings.budgets else None)
 
 
 def open_store(settings: Settings) -> Store:

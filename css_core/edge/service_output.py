@@ -8,7 +8,7 @@ infer is done here once per job, cheaply: the method, the media type, the body l
 Every successful answer (off-chain, on-chain, stream) says who served it, a fallback or the
 job's own provider, in the headers `x-css-provider` and `x-css-model`; the body is unchanged.
 
-Each job has a `JobRecord` (`css_core.record`), which this route tells what it sees, and
+Each job has a `JobRecord` (`css_core.operations.record`), which this route tells what it sees, and
 finishes once the answer is sent: the job's metrics and its log line.
 """
 
@@ -23,15 +23,13 @@ from urllib.parse import quote
 
 from litestar.exceptions import MethodNotAllowedException
 
-from css_core.codec import encode_result
 from css_core.config import Settings
 from css_core.errors import PayloadTooLarge, ProviderBadResponse, ProviderUnreachable, UnsupportedMediaType
-from css_core.job import decode_job
-from css_core.messages import JobLocation, OffchainOutput, OnchainOutput, encode_json
-from css_core.plugins import Provider, Registry
-from css_core.record import JobRecord, Recorder
-from css_core.streamed import Streamed
-from css_core.workflow import Workflow
+from css_core.jobs.messages import JobLocation
+from css_core.jobs.pipeline import Pipeline
+from css_core.jobs.streams import Streamed
+from css_core.operations.record import JobRecord, Recorder
+from css_core.providers.registry import Provider
 
 __all__ = ("Receive", "Scope", "Send", "ServiceOutput")
 
@@ -100,14 +98,13 @@ class _CancelOnDisconnect:
 
 
 class ServiceOutput:
-    """Decodes a job, runs it, and answers with its result or its stream; errors are raised."""
+    """Reads a job's body, has the pipeline answer it, and sends the answer or its stream;
+    errors are raised, for the app's exception handlers to answer."""
 
-    def __init__(self, settings: Settings, registry: Registry, workflow: Workflow,
-                 recorder: Recorder | None = None) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline, recorder: Recorder) -> None:
         self.settings = settings
-        self.registry = registry
-        self.workflow = workflow
-        self.recorder = recorder or Recorder(registry)
+        self.pipeline = pipeline
+        self.recorder = recorder
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = self.recorder.start(scope)
@@ -125,35 +122,28 @@ class ServiceOutput:
         if (media_type := _media_type(scope["headers"])) != b"application/json":
             shown = media_type.decode("latin-1") or "none"
             raise UnsupportedMediaType(f"the job must be sent as `Content-Type: application/json` (got {shown})")
-        job = decode_job(await self._body(scope, receive), self.registry, self.settings)
-        record.job(job.request, job.destination)
+        pipeline = self.pipeline
+        job = pipeline.decode(await self._body(scope, receive), record)
         with _CancelOnDisconnect(receive) as watch:
             record.enter()
             began = _clock()
             try:
                 if job.destination is JobLocation.STREAM:
-                    streamed = await self.workflow.stream(job.request)
+                    streamed = await pipeline.stream(job)
                 else:
-                    result, provider, model = await self.workflow.run(job.request)
+                    served = await pipeline.run(job)
             finally:
                 record.workflow_seconds = _clock() - began
             if job.destination is JobLocation.STREAM:
-                record.served(streamed.provider.spec.name, streamed.model)
-                record.streaming()
                 await _relay(streamed, send, _served_by(streamed.provider, streamed.model), record)
                 return
         if watch.left:  # the client left (the job was cancelled): nobody is left to answer
             record.left()
             return
-        record.served(provider.spec.name, model)
-        if job.destination is JobLocation.ONCHAIN:
-            assert isinstance(result, str)  # decode_job refuses embeddings on-chain
-            output: Any = OnchainOutput(raw_input=job.raw_input, raw_output=encode_result(result).hex())
-        else:
-            output = OffchainOutput(result)
-        body = encode_json(output)
+        body = pipeline.encode(job, served)
         await send({"type": "http.response.start", "status": 200,
-                    "headers": [_JSON, (b"content-length", b"%d" % len(body)), *_served_by(provider, model)]})
+                    "headers": [_JSON, (b"content-length", b"%d" % len(body)), *_served_by(served.provider,
+                                                                                          served.model)]})
         await send({"type": "http.response.body", "body": body})
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
@@ -188,6 +178,7 @@ async def _relay(streamed: Streamed, send: Send, served_by: tuple[tuple[bytes, b
     job's record. A client that reads slowly holds the relay in `send` (the server's write
     buffer is bounded), and with it the reads of the provider's answer."""
     try:
+        record.streaming()
         async with asyncio.timeout_at(streamed.deadline_at):
             await send({"type": "http.response.start", "status": 200, "headers": [_TEXT, *served_by]})
             record.responded = True

@@ -26,46 +26,16 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from css_core import openai_format
-from css_core.errors import ConfigError
-from css_core.hookspecs import hookimpl
+from css_core.providers import openai_format
+from css_core.config import CompatibleProvider
+from css_core.providers.hookspecs import hookimpl
 from css_core.types import CSSRequest, ProviderCall, ProviderSpec, Result, Usage
 
-__all__ = ("EXPECTED", "NO_ONCHAIN_ID", "VARIABLE", "CompatiblePlugin", "CompatibleProvider", "parse_compatible")
+__all__ = ("NO_ONCHAIN_ID", "VARIABLE", "CompatiblePlugin")
 
 VARIABLE = "CSS_OPENAI_COMPATIBLE"
-EXPECTED = 'a JSON object {"NAME": {"base_url": "https://...", "api_key_env": "VAR", "onchain_id": N, ...}}'
 #: The on-chain id of a provider configured without one: no on-chain job reaches it.
 NO_ONCHAIN_ID = -1
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-
-
-class CompatibleProvider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One entry of `CSS_OPENAI_COMPATIBLE`."""
-
-    base_url: Annotated[str, msgspec.Meta(min_length=1)]
-    api_key_env: Annotated[str, msgspec.Meta(min_length=1)] | None = None
-    onchain_id: Annotated[int, msgspec.Meta(ge=0, le=255)] | None = None
-    endpoints: Annotated[tuple[Literal["completions", "embeddings"], ...], msgspec.Meta(min_length=1)] = (
-        "completions",
-    )
-    models: tuple[Annotated[str, msgspec.Meta(min_length=1)], ...] = ()
-    stream_usage: bool = True
-
-
-def parse_compatible(raw: Mapping[str, CompatibleProvider]) -> dict[str, CompatibleProvider]:
-    """The decoded `CSS_OPENAI_COMPATIBLE`, by upper-case name, checked."""
-    providers: dict[str, CompatibleProvider] = {}
-    for name, entry in raw.items():
-        if not _NAME.fullmatch(name):
-            raise ConfigError(f"{VARIABLE}: provider name {name!r} must be letters, digits and _ (a letter first)")
-        if not entry.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"{VARIABLE}: base_url of {name} must be an http:// or https:// URL, "
-                              f"got {entry.base_url!r}")
-        if name.upper() in providers:
-            raise ConfigError(f"{VARIABLE} names provider {name.upper()!r} twice (names match in any case)")
-        providers[name.upper()] = entry
-    return providers
 
 
 class CompatiblePlugin:

@@ -5,7 +5,7 @@ checks the configuration and the plugins once before any worker starts, says whi
 providers are served, then runs the ASGI server. `css-inference-service plugins` lists
 the installed provider plugins.
 
-Every worker writes its metrics to `PROMETHEUS_MULTIPROC_DIR` (`css_core.metrics`): unless
+Every worker writes its metrics to `PROMETHEUS_MULTIPROC_DIR` (`css_core.operations.metrics`): unless
 the operator names one, a fresh directory is made for the run before the workers start,
 and removed when the service stops. Logging (`CSS_LOG_FORMAT`) is configured here and, by
 uvicorn, again in each worker.
@@ -25,14 +25,16 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from css_core import __version__, listeners, metrics
-from css_core.budget_store import check_store
-from css_core.budgets import check_providers
+from css_core import __version__
+from css_core.edge import workers as listeners
+from css_core.operations import metrics
+from css_core.operations.budget_store import check_store
+from css_core.operations.budgets import check_providers
 from css_core.config import Settings, load_settings
 from css_core.errors import ConfigError
-from css_core.logs import lean_records, logging_config
-from css_core.plugins import Provider, Registry, build_registry
-from css_core.provider_http import ssl_context
+from css_core.operations.logs import lean_records, logging_config
+from css_core.providers.registry import Provider, Registry, build_registry
+from css_core.providers.http import ssl_context
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -117,7 +119,7 @@ def _configure_logging(log_format: str) -> None:
 
 def worker_app(settings: Settings | None = None, registry: Registry | None = None) -> Litestar:
     """The app of one worker process (uvicorn's factory for each worker), its log records lean."""
-    from css_core.app import create_app
+    from css_core.edge.app import create_app
 
     lean_records()
     return create_app(settings, registry)
@@ -164,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.workers == 1:
             uvicorn.run(worker_app(settings, registry), **options)
         else:
-            listeners.serve("css_core.cli:worker_app", workers=args.workers, **options)
+            listeners.serve("css_core.edge.cli:worker_app", workers=args.workers, **options)
     finally:
         if run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)

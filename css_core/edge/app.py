@@ -2,7 +2,7 @@
 
 Errors are answered in one place, the exception handlers below: every `CSSError` and every
 Litestar `HTTPException` becomes the `ErrorBody` JSON node users already parse. Every
-answer carries its request's id in `x-request-id` (`css_core.request_id`).
+answer carries its request's id in `x-request-id` (`css_core.operations.request_id`).
 """
 
 from __future__ import annotations
@@ -23,24 +23,25 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.types import Receive, Scope, Send
 
-from css_core import __version__, request_id
-from css_core.budgets import Budgets
+from css_core import __version__
+from css_core.operations import request_id
+from css_core.operations.budget_store import open_budgets
 from css_core.config import Settings, load_settings
-from css_core.errors import CSSError, Unauthorized
-from css_core.health import NotReady, Readiness
-from css_core.messages import ErrorBody, encode_json
-from css_core.metrics import CONTENT_TYPE, Metrics
-from css_core.openapi import JSON, JSON_OBJECT, document_service_output, errors
-from css_core.plugins import Registry, build_registry
-from css_core.provider_http import ProviderHTTP
-from css_core.record import Recorder
-from css_core.resources import SERVICE_ID, is_supported, service_resources
-from css_core.service_output import ServiceOutput
-from css_core.workflow import Workflow
+from css_core.errors import CSSError, NotReady, Unauthorized
+from css_core.edge.health import Readiness
+from css_core.jobs.messages import ErrorBody, encode_json
+from css_core.operations.metrics import CONTENT_TYPE, Metrics
+from css_core.edge.openapi import JSON, JSON_OBJECT, document_service_output, errors
+from css_core.providers.registry import Registry, build_registry
+from css_core.providers.http import ProviderHTTP
+from css_core.operations.record import Recorder
+from css_core.edge.resources import SERVICE_ID, is_supported, service_resources
+from css_core.edge.service_output import ServiceOutput
+from css_core.jobs.pipeline import Pipeline
 
 __all__ = ("Service", "bearer_guard", "create_app")
 
-logger = logging.getLogger("css_core.app")
+logger = logging.getLogger("css_core.edge.app")
 INTERNAL_ERROR = "internal error in the service; its log has the details"
 
 
@@ -52,9 +53,9 @@ class Service:
         self.registry = registry
         self.readiness = Readiness(registry)
         self.metrics = Metrics()
-        self.budgets = Budgets.from_settings(settings)
-        self.recorder = Recorder(registry, self.metrics, self.budgets)
-        self.service_output = ServiceOutput(settings, registry, Workflow(registry, settings, http), self.recorder)
+        self.budgets = open_budgets(settings)
+        self.recorder = Recorder(registry.providers, self.metrics, self.budgets)
+        self.service_output = ServiceOutput(settings, Pipeline(registry, settings, http), self.recorder)
         self.resources = encode_json(service_resources(registry))
         self._index = {
             "service": SERVICE_ID,
@@ -154,7 +155,7 @@ async def health() -> Response[bytes]:
 
 @get("/ready", media_type=JSON, responses={200: JSON_OBJECT, **errors(503)})
 async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """200 when the worker should be sent jobs; else 503 saying why (`css_core.health`)."""
+    """200 when the worker should be sent jobs; else 503 saying why (`css_core.edge.health`)."""
     _service(request).readiness.check()
     return Response(_READY, media_type=JSON)
 
@@ -163,7 +164,7 @@ async def ready(request: Request[Any, Any, Any]) -> Response[bytes]:
     200: ResponseSpec(str, media_type="text/plain", description="the Prometheus text format",
                       generate_examples=False), **errors(401)})
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """Every worker's metrics (`css_core.metrics`)."""
+    """Every worker's metrics (`css_core.operations.metrics`)."""
     return Response(await _service(request).metrics_text(), media_type=CONTENT_TYPE)
 
 

@@ -14,7 +14,7 @@ Its tokens (the provider's usage, input plus output) are added when the answer a
 A job is refused, 429 with `Retry-After`, when a budget covering it has no request left
 or its tokens are already spent (so the job that crosses a token budget still completes).
 
-The counts are kept in a store that every worker and replica shares (`css_core.budget_store`):
+The counts are kept in a store that every worker and replica shares (`css_core.operations.budget_store`):
 SQLite in `CSS_STATE_DIR` for the workers of one container, Redis at `CSS_REDIS_URL` for
 several replicas. A store that cannot be reached refuses the jobs under a budget (503) and
 serves the others. With no budget configured no store is opened, and a job costs nothing here.
@@ -25,82 +25,21 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple, Protocol
+from collections.abc import Collection, Iterable, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
-import msgspec
-
-from css_core.errors import ConfigError, CSSError
+from css_core.config import Budget
+from css_core.errors import ConfigError, OverBudget, StoreUnavailable
+from css_core.operations.metrics import gauge_family
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from css_core.config import Settings
 
-__all__ = (
-    "EXPECTED",
-    "UNITS",
-    "VARIABLE",
-    "Budget",
-    "Budgets",
-    "Limits",
-    "OverBudget",
-    "Slot",
-    "Store",
-    "StoreUnavailable",
-    "check_providers",
-    "parse_budgets",
-)
+__all__ = ("VARIABLE", "Budgets", "Slot", "Store", "check_providers", "over_budget")
 
-logger = logging.getLogger("css_core.budgets")
+logger = logging.getLogger("css_core.operations.budgets")
 VARIABLE = "CSS_BUDGETS"
-EXPECTED = 'a JSON object {"*" or "PROVIDER" or "PROVIDER/model": {"requests_per_hour": N, ...}}'
-
-#: each unit: what it counts, and its window in seconds
-UNITS: dict[str, tuple[Literal["requests", "tokens"], int]] = {
-    "requests_per_minute": ("requests", 60),
-    "requests_per_hour": ("requests", 3600),
-    "requests_per_day": ("requests", 86400),
-    "tokens_per_minute": ("tokens", 60),
-    "tokens_per_hour": ("tokens", 3600),
-    "tokens_per_day": ("tokens", 86400),
-}
-_Positive = Annotated[int, msgspec.Meta(ge=1)]
-
-
-class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One budget's limits as `CSS_BUDGETS` writes them."""
-
-    requests_per_minute: _Positive | None = None
-    requests_per_hour: _Positive | None = None
-    requests_per_day: _Positive | None = None
-    tokens_per_minute: _Positive | None = None
-    tokens_per_hour: _Positive | None = None
-    tokens_per_day: _Positive | None = None
-
-
-class Budget(msgspec.Struct, frozen=True):
-    """One limit of one budget: `key` as written in `CSS_BUDGETS`, and one of its units."""
-
-    key: str
-    provider: str | None  # upper case; None for "*"
-    model: str | None  # None for "*" and "PROVIDER"
-    unit: str
-    limit: int
-
-    @property
-    def requests(self) -> bool:
-        """Whether it counts requests (else tokens)."""
-        return UNITS[self.unit][0] == "requests"
-
-    @property
-    def seconds(self) -> int:
-        return UNITS[self.unit][1]
-
-    def slot(self, now: float) -> Slot:
-        """The budget in the window `now` (epoch seconds) falls in."""
-        seconds = self.seconds
-        return Slot(self, int(now // seconds) * seconds)
 
 
 class Slot(NamedTuple):
@@ -109,32 +48,15 @@ class Slot(NamedTuple):
     budget: Budget
     window: int
 
+    @classmethod
+    def of(cls, budget: Budget, now: float) -> Slot:
+        """The budget in the window `now` (epoch seconds) falls in."""
+        seconds = budget.seconds
+        return cls(budget, int(now // seconds) * seconds)
+
     @property
     def ends(self) -> int:
         return self.window + self.budget.seconds
-
-
-def parse_budgets(raw: Mapping[str, Limits]) -> tuple[Budget, ...]:
-    """The decoded `CSS_BUDGETS`, one `Budget` per limit it sets."""
-    budgets: list[Budget] = []
-    seen: set[str] = set()
-    for key, limits in raw.items():
-        provider: str | None = None
-        model: str | None = None
-        if key != "*":
-            name, slash, rest = key.partition("/")
-            if not name.strip() or name != name.strip() or any(c.isspace() for c in name) or (slash and not rest):
-                raise ConfigError(f'{VARIABLE}: key {key!r} must be "*", "PROVIDER" or "PROVIDER/model"')
-            provider, model = name.upper(), (rest if slash else None)
-        canonical = "*" if provider is None else provider + (f"/{model}" if model is not None else "")
-        if canonical in seen:
-            raise ConfigError(f"{VARIABLE} names {key!r} twice (provider names match in any case)")
-        seen.add(canonical)
-        set_limits = [(unit, getattr(limits, unit)) for unit in UNITS if getattr(limits, unit) is not None]
-        if not set_limits:
-            raise ConfigError(f"{VARIABLE}: {key!r} sets no limit (expected any of {', '.join(UNITS)})")
-        budgets.extend(Budget(key, provider, model, unit, limit) for unit, limit in set_limits)
-    return tuple(budgets)
 
 
 def check_providers(budgets: Iterable[Budget], installed: Collection[str]) -> None:
@@ -150,30 +72,15 @@ def check_providers(budgets: Iterable[Budget], installed: Collection[str]) -> No
 # -- errors ---------------------------------------------------------------------------------------------------
 
 
-class OverBudget(CSSError):
-    """429: a budget covering the job is spent for this window; `Retry-After` is when it ends."""
-
-    status = 429
-
-    def __init__(self, spent: Sequence[Slot], now: float) -> None:
-        parts = [
-            f"budget {slot.budget.key!r} allows {slot.budget.limit} {slot.budget.unit.replace('_', ' ')} and "
-            f"this window's are spent; it ends in {math.ceil(slot.ends - now)} s"
-            for slot in spent
-        ]
-        super().__init__("over budget (CSS_BUDGETS): " + "; ".join(parts))
-        self.headers = {"Retry-After": str(max(1, max(math.ceil(slot.ends - now) for slot in spent)))}
-
-
-class StoreUnavailable(CSSError):
-    """503: the budget store cannot be reached, so a job under a budget cannot be counted."""
-
-    status = 503
-
-    def __init__(self, store: str, reason: str) -> None:
-        super().__init__(f"{store} cannot be reached ({reason}); jobs under a budget (CSS_BUDGETS) are refused "
-                         "until it answers")
-        self.headers = {"Retry-After": "5"}
+def over_budget(spent: Sequence[Slot], now: float) -> OverBudget:
+    """429 naming each spent budget; `Retry-After` is when the last of their windows ends."""
+    parts = [
+        f"budget {slot.budget.key!r} allows {slot.budget.limit} {slot.budget.unit.replace('_', ' ')} and "
+        f"this window's are spent; it ends in {math.ceil(slot.ends - now)} s"
+        for slot in spent
+    ]
+    retry_after = max(1, max(math.ceil(slot.ends - now) for slot in spent))
+    return OverBudget("over budget (CSS_BUDGETS): " + "; ".join(parts), retry_after)
 
 
 # -- the store ------------------------------------------------------------------------------------------------
@@ -226,14 +133,6 @@ class Budgets:
                 scope = (budget.provider, budget.model)
                 self._model[scope] = (*self._model.get(scope, ()), budget)
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Budgets:
-        """The budgets of `CSS_BUDGETS`, with the store the settings name (opened on first use)."""
-        from css_core.budget_store import open_store
-
-        budgets: tuple[Budget, ...] = settings.budgets
-        return cls(budgets, open_store(settings) if budgets else None)
-
     @property
     def active(self) -> bool:
         return self.store is not None
@@ -257,13 +156,13 @@ class Budgets:
         if not covering:
             return []
         now = time.time()
-        requests = [b.slot(now) for b in covering if b.requests and (b.key, b.unit) not in counted]
-        tokens = [b.slot(now) for b in covering if not b.requests]
+        requests = [Slot.of(b, now) for b in covering if b.requests and (b.key, b.unit) not in counted]
+        tokens = [Slot.of(b, now) for b in covering if not b.requests]
         if not requests and not tokens:
             return []
         spent = await store.admit(requests, tokens)
         if spent:
-            raise OverBudget(spent, now)
+            raise over_budget(spent, now)
         counted.update((slot.budget.key, slot.budget.unit) for slot in requests)
         return requests
 
@@ -274,7 +173,7 @@ class Budgets:
         if store is None or tokens <= 0:
             return
         now = time.time()
-        slots = [b.slot(now) for b in self.covering(provider, model) if not b.requests]
+        slots = [Slot.of(b, now) for b in self.covering(provider, model) if not b.requests]
         if not slots:
             return
         try:
@@ -293,8 +192,6 @@ class Budgets:
 
     async def families(self) -> list[Metric]:
         """`css_budget_used` (this window's count, when the store answers) and `css_budget_limit`."""
-        from css_core.metrics import gauge_family
-
         if self.store is None:
             return []
         now = time.time()
@@ -302,7 +199,7 @@ class Budgets:
         families: list[Metric] = [gauge_family("css_budget_limit", "A budget's limit per window (CSS_BUDGETS)",
                                  ("budget", "unit"), zip(labels, (float(b.limit) for b in self.budgets), strict=True))]
         try:
-            used = await self.store.used([budget.slot(now) for budget in self.budgets])
+            used = await self.store.used([Slot.of(budget, now) for budget in self.budgets])
         except StoreUnavailable as exc:
             logger.warning("css_budget_used is left out of this scrape: %s", exc.message)
         else:

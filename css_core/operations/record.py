@@ -7,7 +7,7 @@ it once the answer is sent: the job's metrics are then written and its one log l
 the job its task serves, `current()`:
 
 - `attempt(outcome, seconds)` after each provider attempt: `outcome` is `outcome_of(exc)`
-  (`css_core.metrics`), `seconds` the time spent waiting for the provider's answer (for a
+  (`css_core.operations.metrics`), `seconds` the time spent waiting for the provider's answer (for a
   stream, for its first event);
 - `waited(seconds)` for each wait between attempts (a retry's, a cooling key's);
 - `fallback(from_provider, to_provider, to_model)` when the job moves to a fallback target,
@@ -26,27 +26,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import MutableMapping
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from litestar.exceptions import HTTPException
 
-from css_core import request_id
+from css_core.operations import request_id
 from css_core.errors import CSSError, InvalidJob, ProviderNotAvailable, ServiceBusy
-from css_core.logs import JOB_FIELDS
-from css_core.messages import JobLocation
+from css_core.operations.logs import JOB_FIELDS
 
 if TYPE_CHECKING:
-    from css_core.budgets import Budgets, Slot
-    from css_core.metrics import Metrics, Series
-    from css_core.plugins import Registry
-    from css_core.types import CSSRequest
+    from css_core.operations.budgets import Budgets, Slot
+    from css_core.operations.metrics import Metrics, Series
+    from css_core.types import CSSRequest, ProviderSpec
 
-__all__ = ("ClientLeft", "JobRecord", "Recorder", "current")
+__all__ = ("ClientLeft", "JobRecord", "Recorder", "ServedProvider")
 
 logger = logging.getLogger("css_core.jobs")
 _clock = time.perf_counter
-_DESTINATIONS = {JobLocation.ONCHAIN: "onchain", JobLocation.OFFCHAIN: "offchain", JobLocation.STREAM: "stream"}
 _OPERATIONS = {"completions": "chat", "embeddings": "embeddings"}
 # the OpenTelemetry GenAI conventions' names of the providers they know; any other is its name in lower case
 _GEN_AI_NAMES = {"OPENAI": "openai", "ANTHROPIC": "anthropic", "GEMINI": "gcp.gemini", "PERPLEXITYAI": "perplexity",
@@ -60,6 +57,19 @@ _RECORDED = "css.job_recorded"
 
 class ClientLeft(Exception):
     """What a job ends with when its client went away before its answer."""
+
+
+class ServedProvider(Protocol):
+    """What the record needs of an installed provider (the registry's `Provider` is one)."""
+
+    @property
+    def spec(self) -> ProviderSpec: ...
+
+    @property
+    def models(self) -> tuple[str, ...]: ...
+
+    @property
+    def served(self) -> bool: ...
 
 
 class _Provider(NamedTuple):
@@ -78,23 +88,23 @@ _NONE = _Provider("none", "none", frozenset(), frozenset(), False)
 class Recorder:
     """Starts and finishes the records of one worker's jobs."""
 
-    def __init__(self, registry: Registry, metrics: Metrics | None = None, budgets: Budgets | None = None) -> None:
+    def __init__(self, providers: Iterable[ServedProvider], metrics: Metrics | None = None,
+                 budgets: Budgets | None = None) -> None:
         self.metrics = metrics
         self.budgets = budgets if budgets is not None and budgets.active else None
         self.providers = {
             p.spec.name.upper(): _Provider(p.spec.name, _GEN_AI_NAMES.get(p.spec.name.upper(), p.spec.name.lower()),
                                            frozenset(p.models), frozenset(p.spec.endpoints), p.served)
-            for p in registry.providers
+            for p in providers
         }
         if metrics is not None:
             metrics.bind_providers(p.name for p in self.providers.values())
 
     def start(self, scope: MutableMapping[str, Any]) -> JobRecord:
-        """The record of the job `scope` asks for, now the task's `current()`."""
+        """The record of the job `scope` asks for; its id names the task's log lines."""
         record = JobRecord(self, request_id.request_id(scope))
         scope["state"][_RECORDED] = True
         request_id.current.set(record.request_id)
-        _current.set(record)
         return record
 
     async def answered_before(self, message: MutableMapping[str, Any], scope: MutableMapping[str, Any]) -> None:
@@ -155,7 +165,7 @@ class JobRecord:
         self._recorder = recorder
         self.request_id = rid
         self.started = _clock()
-        # the job as its labels show it: bounded values only (`css_core.metrics`)
+        # the job as its labels show it: bounded values only (`css_core.operations.metrics`)
         self.provider, self.model, self.endpoint, self.destination = _NONE, "none", "none", "none"
         # ... and as its log line shows it
         self.job_provider = self.job_model = self.job_endpoint = ""
@@ -173,9 +183,9 @@ class JobRecord:
 
     # -- what ServiceOutput tells it ------------------------------------------------------------------------
 
-    def job(self, request: CSSRequest, destination: JobLocation) -> None:
-        """The job is decoded."""
-        self.destination = _DESTINATIONS[destination]
+    def job(self, request: CSSRequest, destination: str) -> None:
+        """The job is decoded; `destination` is its label (`onchain`, `offchain`, `stream`)."""
+        self.destination = destination
         self.job_provider, self.job_model, self.job_endpoint = request.provider, request.model, request.endpoint
         recorder = self._recorder
         if recorder is None:
@@ -313,12 +323,3 @@ class JobRecord:
 
 def _cut(text: str) -> str:
     return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
-
-
-_current: ContextVar[JobRecord | None] = ContextVar("css_job_record", default=None)
-
-
-def current() -> JobRecord:
-    """The record of the job the running task serves (one that keeps nothing when it serves none)."""
-    record = _current.get()
-    return record if record is not None else JobRecord(None, "")  # with no recorder, it keeps nothing

@@ -24,7 +24,7 @@ from litestar.openapi.spec import (
     Schema,
 )
 
-from css_core.messages import ErrorBody, OffchainOutput, OffchainRequest, OnchainOutput
+from css_core.jobs.messages import ErrorBody, OffchainOutput, OffchainRequest, OnchainOutput
 
 __all__ = ("JSON", "JSON_OBJECT", "document_service_output", "errors")
 

@@ -4,7 +4,7 @@ Each entry point of the `css_inference_service` group is loaded on its own: one 
 fails to import, or whose `css_provider` hook raises, is reported by name and left out
 while the others serve. A hook whose name no hookspec knows (a misspelling) stops start-up.
 The providers of `CSS_OPENAI_COMPATIBLE` are registered here too, one plugin object each
-(`css_core.compatible`), and checked for clashes like any other.
+(`css_core.providers.compatible`), and checked for clashes like any other.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from typing import Any
 
 import pluggy
 
-from css_core import compatible, default_call, hookspecs
+from css_core.providers import compatible
+from css_core.providers import default_call
+from css_core.providers import hookspecs
 from css_core.config import Settings
 from css_core.errors import ConfigError, ProviderNotAvailable
-from css_core.keys import KeyPool, scrubber
-from css_core.routing import Fallbacks
+from css_core.providers.keys import KeyPool, scrubber
 from css_core.types import ProviderSpec
 
 __all__ = ("Hooks", "PluginInfo", "Provider", "Registry", "build_registry", "plugin_manager")
@@ -31,6 +32,7 @@ _SHIPPED_PROVIDERS = {0: "OPENAI", 1: "GOOSEAI", 2: "PERPLEXITYAI", 3: "ANTHROPI
 
 
 _IN_CODE = "(registered in code)"
+_NO_OPTIONS: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class Provider:
     `models` is its effective catalogue: the plugin's, as `CSS_MODELS` / `CSS_EXTRA_MODELS`
     replace or extend it. `options` are the body fields every job starts from: the
     plugin's `default_options` under the operator's defaults for this provider. `pool`
-    says which of its keys the next attempt uses (`css_core.keys`). A spec whose
+    says which of its keys the next attempt uses (`css_core.providers.keys`). A spec whose
     `api_key_env` is empty needs no key: it is served without one, and sends no key header.
     """
 
@@ -97,7 +99,7 @@ class Provider:
     keys: tuple[str, ...] = field(repr=False)
     hooks: Hooks = field(repr=False)
     models: tuple[str, ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # by endpoint
     in_flight: int = 0  # calls this worker has open to the provider now
     key_disable_seconds: float = 600.0  # how long a refused key is set aside (CSS_KEY_DISABLE_SECONDS)
 
@@ -124,19 +126,15 @@ class Provider:
     def unavailable_reason(self) -> str:
         return f"{self.spec.api_key_env} is not set"
 
-    def next_key(self) -> int:
-        """The position of the key the next attempt uses (in turn, skipping paused keys)."""
-        return self.pool.pick()
+    def options_for(self, endpoint: str) -> dict[str, Any]:
+        """The body fields a job for `endpoint` starts from (the job's `extra_args` go over them)."""
+        return self.options.get(endpoint, _NO_OPTIONS)
 
     def headers_for(self, key: int) -> dict[str, str]:
         """A new dict of the headers of one call with key number `key`."""
         if not self._auth:
             return {**self.headers}
         return {**self.headers, self.spec.auth_header: self._auth[key]}
-
-    def key_name(self, key: int) -> str:
-        """How messages name key number `key` (its position, never any part of it)."""
-        return self.pool.name(key)
 
     @property
     def onchain(self) -> bool:
@@ -153,7 +151,7 @@ def plugin_manager(load_entry_points: bool = True) -> tuple[pluggy.PluginManager
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.register(default_call, name="css_core.default_call")  # the core's own call, asked last
+    pm.register(default_call, name="css_core.providers.default_call")  # the core's own call, asked last
     infos: dict[str, PluginInfo] = {}
     errors: list[str] = []
     if load_entry_points:
@@ -180,14 +178,10 @@ def _check_pending(pm: pluggy.PluginManager) -> None:
 class Registry:
     """The providers of this service, by name and by on-chain id, and the plugin manager."""
 
-    def __init__(
-        self, pm: pluggy.PluginManager, providers: list[Provider], errors: list[str],
-        fallbacks: Fallbacks | None = None,
-    ) -> None:
+    def __init__(self, pm: pluggy.PluginManager, providers: list[Provider], errors: list[str]) -> None:
         self.pm = pm
         self.providers = providers
         self.errors = errors
-        self.fallbacks = fallbacks or Fallbacks({})
         self._by_name = {p.spec.name.upper(): p for p in providers}
         self._by_onchain_id = {p.spec.onchain_id: p for p in providers if p.onchain}
 
@@ -230,12 +224,15 @@ def _keys(spec: ProviderSpec, settings: Settings) -> tuple[str, ...]:
     return tuple(key.strip() for key in (settings.get(spec.api_key_env) or "").split(",") if key.strip())
 
 
-def _options(spec: ProviderSpec, settings: Settings) -> dict[str, Any]:
-    options = {**spec.default_options, **settings.defaults_for(spec.name)}
-    if reserved := sorted(options.keys() & spec.job_fields):
-        raise ConfigError(
-            f"CSS_INF_WORKFLOW_KW_ARGS sets {', '.join(reserved)} for {spec.name}: these are built from each job"
-        )
+def _options(spec: ProviderSpec, settings: Settings) -> dict[str, dict[str, Any]]:
+    """The body fields each endpoint's jobs start from: the plugin's `default_options`, under
+    the operator's defaults for that provider and endpoint."""
+    options = {endpoint: {**spec.default_options, **settings.defaults_for(spec.name, endpoint)}
+               for endpoint in spec.endpoints}
+    for endpoint, fields in options.items():
+        if reserved := sorted(fields.keys() & spec.job_fields):
+            raise ConfigError(f"CSS_INF_WORKFLOW_KW_ARGS sets {', '.join(reserved)} for {spec.name} {endpoint}: "
+                              "these are built from each job")
     return options
 
 
@@ -291,6 +288,15 @@ def _check_clash(first: _Owner, second: _Owner) -> None:
     )
 
 
+def _check_fallbacks(settings: Settings, installed: set[str]) -> None:
+    """`CSS_FALLBACKS` may name only installed providers (`installed`: upper case)."""
+    for key, targets in settings.fallbacks.items():
+        for provider in (key.partition("/")[0], *(target.provider for target in targets)):
+            if provider not in installed:
+                names = ", ".join(sorted(installed)) or "none"
+                raise ConfigError(f"CSS_FALLBACKS names provider {provider!r}, which is not installed (installed: {names})")
+
+
 def _register_compatible(pm: pluggy.PluginManager, settings: Settings, infos: dict[str, PluginInfo]) -> None:
     """Register one plugin object per provider of `CSS_OPENAI_COMPATIBLE`."""
     for name, entry in settings.compatible.items():
@@ -323,13 +329,12 @@ def build_registry(
                                   _catalogue(spec, settings), _options(spec, settings),
                                   key_disable_seconds=settings.key_disable_seconds))
     names = {spec.name.upper() for _, spec, _ in owners}
-    fallbacks = Fallbacks(settings.fallbacks)
-    fallbacks.check(names)
+    _check_fallbacks(settings, names)
     scoped = (("CSS_MODELS", settings.models), ("CSS_EXTRA_MODELS", settings.extra_models),
-              ("CSS_INF_WORKFLOW_KW_ARGS", settings.provider_defaults))
+              ("CSS_INF_WORKFLOW_KW_ARGS", settings.scoped_providers))
     for variable, by_provider in scoped:
         if unknown := sorted(set(by_provider) - names):
             logger.warning("%s names providers that are not installed: %s", variable, ", ".join(unknown))
     # providers without an on-chain id (configured ones may have none) are listed last
     providers.sort(key=lambda p: (not p.onchain, p.spec.onchain_id, p.spec.name))
-    return Registry(pm, providers, errors, fallbacks)
+    return Registry(pm, providers, errors)

@@ -24,7 +24,9 @@ def is_retryable(exc: BaseException, retryable_statuses: frozenset[int]) -> bool
     """429, 5xx (as the provider declares them), connection errors, timeouts, bad bodies."""
     if isinstance(exc, ProviderHTTPError):
         return exc.status in retryable_statuses if exc.retryable is None else exc.retryable
-    return isinstance(exc, (ProviderUnreachable, ProviderBadResponse))
+    if isinstance(exc, ProviderBadResponse):
+        return exc.retryable
+    return isinstance(exc, ProviderUnreachable)
 
 
 def wait_seconds(policy: RetryPolicy, attempt: int, exc: BaseException | None) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from css_core.errors import ProviderNotAvailable
-from css_core.plugins import Registry
+from css_core.providers.registry import Registry
 
 __all__ = ("SERVICE_ID", "is_supported", "service_resources")
 

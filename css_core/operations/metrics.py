@@ -3,7 +3,7 @@
 Each worker writes its series into files of prometheus_client's multiprocess format in one
 directory, and `GET /metrics` merges every worker's files there with prometheus_client's
 `MultiProcessCollector`. The directory is `PROMETHEUS_MULTIPROC_DIR`, which the command line
-sets to a fresh directory for each run (`css_core.cli`); an app created without it (in a
+sets to a fresh directory for each run (`css_core.edge.cli`); an app created without it (in a
 test, or embedded) makes a directory of its own and removes it when it stops.
 
 The series are written here rather than through prometheus_client's metric classes, whose
@@ -46,7 +46,7 @@ __all__ = (
     "outcome_of",
 )
 
-logger = logging.getLogger("css_core.metrics")
+logger = logging.getLogger("css_core.operations.metrics")
 VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = "text/plain; version=0.0.4"  # the text format generate_latest writes (Litestar adds the charset)
 OUTCOMES = ("ok", "http_4xx", "http_429", "http_5xx", "timeout", "unreachable", "bad_response")

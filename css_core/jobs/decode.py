@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import msgspec
 
-from css_core import codec
+from css_core.jobs import codec
 from css_core.config import Settings
 from css_core.errors import InvalidJob, ProofsNotSupported
-from css_core.messages import JobInput, JobLocation, OffchainRequest
-from css_core.plugins import Registry
+from css_core.jobs.messages import JobInput, JobLocation, OffchainRequest
+from css_core.operations.record import JobRecord
+from css_core.providers.registry import Registry
 from css_core.types import CSSRequest
 
 __all__ = ("Job", "decode_job")
@@ -22,10 +21,18 @@ _hex_decoder = msgspec.json.Decoder(str)
 _UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError)
 
 
-class Job(NamedTuple):
-    request: CSSRequest
-    destination: JobLocation
-    raw_input: str  # the on-chain input as bare hex, "" for an off-chain source
+class Job:
+    """One job on its way through the pipeline: what it asks, where its answer goes, its
+    deadline and its record (what operations see of it)."""
+
+    __slots__ = ("deadline_at", "destination", "raw_input", "record", "request")
+
+    def __init__(self, request: CSSRequest, destination: JobLocation, raw_input: str, record: JobRecord) -> None:
+        self.request = request
+        self.destination = destination
+        self.raw_input = raw_input  # the on-chain input as bare hex, "" for an off-chain source
+        self.record = record
+        self.deadline_at = 0.0  # the event loop's time when the job's deadline passes (set when it starts)
 
 
 def _location(value: int, field: str, allowed: tuple[JobLocation, ...]) -> JobLocation:
@@ -39,7 +46,7 @@ def _invalid(where: str, exc: Exception) -> InvalidJob:
     return InvalidJob(f"{where}: {exc}")
 
 
-def decode_job(body: bytes, registry: Registry, settings: Settings) -> Job:
+def decode_job(body: bytes, registry: Registry, settings: Settings, record: JobRecord) -> Job:
     """Validate a job body; every problem is an `InvalidJob` that says what is wrong."""
     try:
         job = _job_decoder.decode(body)
@@ -87,7 +94,7 @@ def decode_job(body: bytes, registry: Registry, settings: Settings) -> Job:
         raw_input = raw.hex()
 
     _check(request, source, destination, settings)
-    return Job(request, destination, raw_input)
+    return Job(request, destination, raw_input, record)
 
 
 def _check(request: CSSRequest, source: JobLocation, destination: JobLocation, settings: Settings) -> None:
