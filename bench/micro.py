@@ -419,10 +419,10 @@ async def case_record(base_url: str, metrics: bool, budget: bool = False, log: b
     import shutil
     import tempfile
 
-    from css_core.operations.budgets import Budgets
     from css_core.config import load_settings
-    from css_core.operations.logs import TEXT_FORMAT, TextFormatter
     from css_core.jobs.messages import JobLocation
+    from css_core.operations.budgets import Budgets
+    from css_core.operations.logs import TEXT_FORMAT, TextFormatter
     from css_core.operations.metrics import VARIABLE, Metrics
     from css_core.operations.record import JobRecord, Recorder
     from css_core.types import CSSRequest, Message

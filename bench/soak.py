@@ -2,7 +2,7 @@
 
     python bench/soak.py [--jobs 50000] [--concurrency 32] [--workers 1] [--seed 1]
 
-Starts two provider doubles (tests/provider_double.py), one for OpenAI and one for GooseAI, in a
+Starts two provider doubles (css_core.testing.ProviderDouble), one for OpenAI and one for GooseAI, in a
 child process (so that they do not share a GIL with the client), and the service by its command
 line (`css-inference-service --bind=127.0.0.1:PORT --workers=N`) in front of them, then sends the
 jobs from an `httpx.AsyncClient`, `--concurrency` at a time, in this mix:
@@ -42,6 +42,7 @@ from eth_abi.abi import decode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from css_core.testing import Fault, ProviderDouble  # noqa: E402
 from tests.conftest import (  # noqa: E402
     EXECUTABLE,
     KEY,
@@ -54,7 +55,6 @@ from tests.conftest import (  # noqa: E402
     onchain_hex,
     service_env,
 )
-from tests.provider_double import Fault, ProviderDouble  # noqa: E402
 from tests.test_bad_input import CASES, MAX_BODY, MAX_MESSAGES, Case  # noqa: E402
 
 T = TypeVar("T")

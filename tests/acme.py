@@ -12,9 +12,9 @@ import pytest
 from css_core.providers import openai_format
 from css_core.providers.hookspecs import hookimpl
 from css_core.providers.registry import PluginInfo
+from css_core.testing import ProviderDouble
 from css_core.types import CSSRequest, ProviderCall, ProviderSpec, Result
 from tests.conftest import KEY, chat, job, service_env
-from tests.provider_double import ProviderDouble
 
 __all__ = ("Acme", "acme_env", "acme_job", "serve_acme")
 

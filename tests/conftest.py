@@ -33,13 +33,13 @@ import pytest
 import uvicorn
 from hypothesis import settings as hypothesis_settings
 
+from css_core.config import load_settings
 from css_core.edge.app import create_app
 from css_core.jobs.codec import encode_request
-from css_core.config import load_settings
 from css_core.jobs.messages import JobLocation
 from css_core.providers.registry import build_registry, plugin_manager
+from css_core.testing import ProviderDouble
 from css_core.types import Message
-from tests.provider_double import ProviderDouble
 
 KEY = "sk-test-double-key"
 OFFCHAIN, ONCHAIN, STREAM = JobLocation.OFFCHAIN.value, JobLocation.ONCHAIN.value, JobLocation.STREAM.value

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import h11
 
+from css_core.testing import ProviderDouble
 from tests.conftest import STREAM, Launched, chat, job, service_env
-from tests.provider_double import ProviderDouble
 
 EVENTS, EVENT_TEXT = 400, 100_000  # a 40 MB answer: more than the kernel's socket buffers hold
 

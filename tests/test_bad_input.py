@@ -19,8 +19,9 @@ import httpx
 import pytest
 from eth_abi.abi import encode
 
-from css_core.edge.app import create_app
 from css_core.config import load_settings
+from css_core.edge.app import create_app
+from css_core.testing import ProviderDouble
 from tests.conftest import (
     KEY,
     OFFCHAIN,
@@ -34,7 +35,6 @@ from tests.conftest import (
     service_env,
 )
 from tests.helpers import installed_plugin_modules, requires_plugin
-from tests.provider_double import ProviderDouble
 
 MAX_MESSAGES = 8
 MAX_BODY = 1_000_000  # 100k nested brackets fit, a 1 MB string does not

@@ -19,11 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from css_core.operations.budget_store import RedisStore, SQLiteStore, check_store
 from css_core.config import Budget, load_settings, parse_budgets
 from css_core.config import BudgetLimits as Limits
 from css_core.errors import ConfigError, OverBudget, StoreUnavailable
+from css_core.operations.budget_store import RedisStore, SQLiteStore, check_store
 from css_core.operations.budgets import Budgets
+from css_core.testing import ProviderDouble
 from tests.conftest import (
     STREAM,
     Launched,
@@ -36,7 +37,6 @@ from tests.conftest import (
     service_env,
 )
 from tests.helpers import requires_plugin
-from tests.provider_double import ProviderDouble
 from tests.test_metrics import jobs_by_worker, one_connection_each, scrape, wait_for_workers
 
 needs_openai = requires_plugin("css_openai")

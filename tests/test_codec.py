@@ -18,6 +18,7 @@ from eth_abi.exceptions import DecodingError, EncodingError
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
 
+from css_core.errors import InvalidJob
 from css_core.jobs.codec import (
     OnchainRequest,
     decode_callback_output,
@@ -27,7 +28,6 @@ from css_core.jobs.codec import (
     encode_request,
     encode_result,
 )
-from css_core.errors import InvalidJob
 from css_core.types import Message
 
 # infernet_ml.utils.codec.css.encode_css_completion_request(OPENAI, completions, "gpt-4", [user: "hi"])

@@ -14,10 +14,10 @@ import httpx
 import pytest
 from eth_abi import decode
 
-from css_core.edge.cli import _report
-from css_core.providers.compatible import CompatiblePlugin
 from css_core.config import load_settings
+from css_core.edge.cli import _report
 from css_core.errors import ConfigError
+from css_core.providers.compatible import CompatiblePlugin
 from css_core.providers.registry import build_registry, plugin_manager
 from css_core.testing import Fault, ProviderDouble
 from tests.conftest import (

@@ -10,10 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from css_core.edge.cli import main
 from css_core.config import RetryPolicy, Settings, load_settings, read_dotenv
+from css_core.edge.cli import main
 from css_core.errors import ConfigError
 from css_core.providers.registry import build_registry
+from css_core.testing import ProviderDouble
 from tests.conftest import (
     SERVICE_VARIABLE_PREFIXES,
     Launched,
@@ -25,7 +26,6 @@ from tests.conftest import (
     service_env,
 )
 from tests.helpers import requires_plugin
-from tests.provider_double import ProviderDouble
 
 needs_openai = requires_plugin("css_openai")
 

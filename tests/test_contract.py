@@ -13,6 +13,7 @@ import httpx
 import pytest
 from eth_abi.abi import decode
 
+from css_core.testing import Fault, ProviderDouble
 from tests.conftest import (
     KEY,
     OFFCHAIN,
@@ -27,7 +28,6 @@ from tests.conftest import (
     service_env,
 )
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble
 
 pytestmark = requires_plugin("css_openai")
 

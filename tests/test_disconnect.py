@@ -17,10 +17,9 @@ import httpx
 import msgspec
 import pytest
 
-from css_core.testing import openai_routes
+from css_core.testing import Fault, ProviderDouble, RecordedRequest, Route, Stream, openai_routes
 from tests.conftest import assert_error, chat, job, post_job
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble, RecordedRequest, Route, Stream
 
 pytestmark = requires_plugin("css_openai")
 HANG = 600.0  # seconds the provider hangs: far beyond any wait below

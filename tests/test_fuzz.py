@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
-from css_core.jobs import codec
-from css_core.edge.app import Service, create_app
 from css_core.config import load_settings
+from css_core.edge.app import Service, create_app
 from css_core.errors import CSSError, InvalidJob
+from css_core.jobs import codec
+from css_core.jobs.pipeline import Pipeline
 from css_core.operations.record import JobRecord
 from css_core.providers.registry import build_registry
 from css_core.types import Message
-from css_core.jobs.pipeline import Pipeline
 from tests.test_bad_input import aliased_abi
 from tests.test_codec import assert_decodes_as_eth_abi
 

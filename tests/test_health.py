@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 import pytest
 
-from css_core.edge.app import create_app
 from css_core.config import load_settings
+from css_core.edge.app import create_app
 from css_core.edge.health import NotReady, Readiness
 from css_core.providers.registry import build_registry
+from css_core.testing import ProviderDouble
 from tests.conftest import KEY, InProcessServer, Launched, assert_error, free_port, service_env
 from tests.helpers import requires_plugin
-from tests.provider_double import ProviderDouble
 
 needs_openai = requires_plugin("css_openai")
 DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"

@@ -10,9 +10,9 @@ import httpx
 import msgspec
 import pytest
 
+from css_core.testing import ProviderDouble
 from tests.conftest import assert_error, chat, job
 from tests.helpers import requires_plugin
-from tests.provider_double import ProviderDouble
 
 needs_openai = requires_plugin("css_openai")  # a job served with a 200 goes through the OpenAI plugin
 JOB = msgspec.json.encode(job(chat()))

@@ -16,9 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import httpx
 import pytest
 
-from css_core.edge.app import create_app
 from css_core.config import load_settings
+from css_core.edge.app import create_app
 from css_core.providers.registry import Provider, build_registry
+from css_core.testing import Fault, ProviderDouble
 from tests.conftest import (
     OFFCHAIN,
     ONCHAIN,
@@ -32,7 +33,6 @@ from tests.conftest import (
     service_env,
 )
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble
 
 pytestmark = requires_plugin("css_openai")
 CAP = 2

@@ -19,9 +19,9 @@ import pytest
 from css_core.config import load_settings
 from css_core.errors import ConfigError
 from css_core.operations.logs import JOB_FIELDS, JsonFormatter, TextFormatter
+from css_core.testing import Fault, ProviderDouble
 from tests.conftest import KEY, OFFCHAIN, STREAM, Launched, chat, job, service_env
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble
 
 needs_openai = requires_plugin("css_openai")
 SECRET_PROMPT = "my-secret-prompt-words"

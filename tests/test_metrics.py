@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from css_core.config import load_settings
 from css_core.operations.metrics import outcome_of
 from css_core.providers.registry import build_registry
+from css_core.testing import Fault, ProviderDouble
 from tests.conftest import (
     OFFCHAIN,
     ONCHAIN,
@@ -33,7 +34,6 @@ from tests.conftest import (
     service_env,
 )
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble
 
 pytestmark = requires_plugin("css_openai")
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from css_core.providers.registry import plugin_manager
+from css_core.testing import ProviderDouble
 from tests.conftest import (
     KEY,
     OFFCHAIN,
@@ -31,7 +32,6 @@ from tests.conftest import (
     service_env,
 )
 from tests.helpers import requires_no_plugins
-from tests.provider_double import ProviderDouble
 
 SHIPPED = [("OPENAI", 0, "gpt-4"), ("GOOSEAI", 1, "gpt-j-6b"), ("PERPLEXITYAI", 2, "sonar")]
 NO_PLUGIN = "no provider plugin is installed"

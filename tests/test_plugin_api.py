@@ -20,16 +20,16 @@ import msgspec
 import pluggy
 import pytest
 
-from css_core.providers import openai_format
 from css_core.config import Settings, load_settings
 from css_core.errors import ConfigError, ProviderHTTPError
+from css_core.providers import openai_format
 from css_core.providers.hookspecs import hookimpl
 from css_core.providers.registry import PluginInfo, build_registry, plugin_manager
+from css_core.testing import Fault, ProviderDouble, Route
 from css_core.types import JOB_FIELDS, CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
 from tests.acme import Acme, acme_env, acme_job, serve_acme
 from tests.conftest import KEY, assert_error, chat, job, post_job, registered
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble, Route
 
 __all__ = ("serve_acme",)  # the fixture, imported for pytest to find
 

@@ -16,12 +16,12 @@ import pluggy
 import pytest
 
 from css_core.errors import ProviderBadResponse
-from css_core.providers.hookspecs import hookimpl
 from css_core.operations.logs import JOB_FIELDS as LOG_FIELDS
+from css_core.providers.hookspecs import hookimpl
+from css_core.testing import ProviderDouble, Route, Stream
 from css_core.types import Usage
 from tests.acme import Acme, acme_job, serve_acme
 from tests.conftest import STREAM, assert_error, post_job, registered
-from tests.provider_double import ProviderDouble, Route, Stream
 
 __all__ = ("serve_acme",)  # the fixture, imported for pytest to find
 

@@ -20,12 +20,13 @@ import msgspec
 import pluggy
 import pytest
 
-from css_core.providers import hookspecs
-from css_core.providers import registry as plugins
 from css_core.config import Settings, load_settings
 from css_core.errors import ConfigError, InvalidJob, ProviderBadResponse, ProviderNotAvailable
+from css_core.providers import hookspecs
+from css_core.providers import registry as plugins
 from css_core.providers.hookspecs import hookimpl
 from css_core.providers.registry import PluginInfo, build_registry, plugin_manager
+from css_core.testing import ProviderDouble
 from css_core.types import CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
 from tests.conftest import (
     KEY,
@@ -40,7 +41,6 @@ from tests.conftest import (
     service_env,
 )
 from tests.helpers import requires_plugin
-from tests.provider_double import ProviderDouble
 
 ECHO_KEY = "sk-echo-key"
 

@@ -20,10 +20,11 @@ import httpx
 import pytest
 
 from css_core import ProviderSpec, hookimpl
-from css_core.jobs.codec import encode_request
 from css_core.config import load_settings
 from css_core.errors import ConfigError
+from css_core.jobs.codec import encode_request
 from css_core.providers.registry import build_registry, plugin_manager
+from css_core.testing import Fault, ProviderDouble
 from css_core.types import Message
 from tests.conftest import (
     KEY,
@@ -39,7 +40,6 @@ from tests.conftest import (
     run_command,
 )
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble
 from tests.test_contract import completion_of, sent_body, supported
 
 

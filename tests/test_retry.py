@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 
 from css_core.config import RetryPolicy
 from css_core.errors import ProviderBadResponse, ProviderHTTPError, ProviderUnreachable
-from css_core.providers.http import retry_after_seconds
 from css_core.jobs.retry import is_retryable, wait_seconds
+from css_core.providers.http import retry_after_seconds
+from css_core.testing import Fault, ProviderDouble
 from css_core.types import ProviderSpec
 from tests.conftest import assert_error, chat, job, post_job
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble
 
 needs_openai = requires_plugin("css_openai")  # the service tests go through the OpenAI plugin
 RETRYABLE = ProviderSpec(name="X", onchain_id=9, api_key_env="X_KEY", default_base_url="http://x").retryable_statuses

@@ -11,11 +11,12 @@ import httpx
 import msgspec
 import pytest
 
-from css_core.providers import openai_format
 from css_core.config import Settings
 from css_core.errors import ProviderHTTPError
+from css_core.providers import openai_format
 from css_core.providers.hookspecs import hookimpl
 from css_core.providers.registry import plugin_manager
+from css_core.testing import Fault, ProviderDouble
 from css_core.types import CSSRequest, PreparedCall, ProviderCall, ProviderSpec, Result
 from tests.conftest import (
     ONCHAIN,
@@ -30,7 +31,6 @@ from tests.conftest import (
     service_env,
 )
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble
 from tests.test_bad_input import CASES, MAX_BODY, MAX_MESSAGES, send
 
 pytestmark = requires_plugin("css_openai")

@@ -9,9 +9,9 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from css_core.testing import Fault, ProviderDouble, Route, Stream
 from tests.conftest import STREAM, assert_error, chat, job, post_job
 from tests.helpers import requires_plugin
-from tests.provider_double import Fault, ProviderDouble, Route, Stream
 
 pytestmark = requires_plugin("css_openai")
 

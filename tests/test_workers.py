@@ -18,8 +18,8 @@ import uvicorn
 from uvicorn.supervisors import multiprocess
 
 from css_core.edge.workers import Workers
+from css_core.testing import ProviderDouble
 from tests.conftest import Launched, chat, job, service_env
-from tests.provider_double import ProviderDouble
 from tests.test_metrics import (
     jobs_by_worker,
     listening_sockets,

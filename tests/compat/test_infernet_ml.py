@@ -34,8 +34,8 @@ from infernet_ml.utils.codec.css import (
 from infernet_ml.utils.css_mux import ConvoMessage
 
 from css_core.jobs import codec
+from css_core.testing import ProviderDouble
 from css_core.types import Message
-from tests.provider_double import ProviderDouble
 
 # -- the cases ------------------------------------------------------------------------------------
 
