@@ -196,7 +196,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             app.state.service = service = Service(settings, registry, http)
             service.readiness.watch_signals()  # uvicorn's handlers are installed by now
             # What start-up built lives as long as the worker: frozen, the collector no longer
-            # scans it, and it collects less often (bench/RESULTS.md).
+            # scans it; a job makes few cycles, so the collector may run less often.
             gc.freeze()
             gc.set_threshold(10_000)
             try:

@@ -9,7 +9,7 @@ test, or embedded) makes a directory of its own and removes it when it stops.
 The series are written here rather than through prometheus_client's metric classes, whose
 multiprocess mode is chosen once per process when the library is imported and which take a
 lock and a process-id check on every write. A series here is bound once to its place in
-its file, so that a job's metrics cost a few writes into memory (`Metrics.job_finished`).
+its file, so that a job's metrics cost a few writes into memory (`css_core.operations.record`).
 
 Label values are bounded: `provider` is a provider's registered name (or `none`), `model`
 one of its catalogue models (or `other`), `endpoint` one of its endpoints (or `other`);

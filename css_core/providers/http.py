@@ -4,14 +4,14 @@ Every provider call goes through httpx's API: an `httpx.Request` sent through th
 worker's transport, which is the `httpx-aiohttp` transport over one aiohttp connection
 pool (created at start-up, closed at shutdown; aiohttp is touched here only). The core
 sends through the transport rather than `AsyncClient.send`, the cheapest public httpx path
-(bench/RESULTS.md); plugins that make calls of their own get an `httpx.AsyncClient` over the
+(the client's send adds auth, redirect and event-hook handling the core does not use); plugins that make calls of their own get an `httpx.AsyncClient` over the
 same transport.
 
 The pool trusts `SSL_CERT_FILE` when set (else httpx's bundled authorities). Calls to a
 provider whose base URL `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` (process environment) send
 through a proxy go through a transport of their own over the same pool. That is decided once
 per base URL at start-up: aiohttp's own `trust_env` would read those variables and
-`~/.netrc` again in a thread for every request (bench/RESULTS.md).
+`~/.netrc` again in a thread for every request.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ async def send(transport: httpx.AsyncBaseTransport, call: PreparedCall) -> httpx
 
     The body is given as a read stream rather than as `content`: `content` has httpx derive
     `Host` and `Content-Length` and rebuild the headers for every call, which the transport's
-    pool does anyway (bench/RESULTS.md)."""
+    pool does anyway."""
     timeout = {"connect": call.timeout, "read": call.timeout, "pool": call.timeout}
     request = httpx.Request("POST", _parsed_url(call.url), headers=call.headers,
                             stream=httpx.ByteStream(call.content), extensions={"timeout": timeout})
