@@ -90,7 +90,7 @@ def the_request(double: ProviderDouble, path: str = f"{MODEL_PATH}:generateConte
     """The one request the double received, checked to be Gemini's, with the key."""
     assert len(double.requests) == 1, double.requests
     sent = double.requests[0]
-    assert (sent.method, sent.path) == ("POST", path)
+    assert (sent.method, sent.target) == ("POST", path)  # the path and query as sent
     assert sent.headers["x-goog-api-key"] == KEY  # the bare key
     assert sent.headers["content-type"] == "application/json"
     assert "authorization" not in sent.headers

@@ -141,11 +141,27 @@ def test_key_check_and_recording(double: ProviderDouble, client: httpx.Client) -
 def test_recorded_query_params_and_connection(double: ProviderDouble, client: httpx.Client) -> None:
     client.post("/v1/engines/gpt-j-6b/completions?x=1&y=two", json={"prompt": "p"})
     (request,) = double.requests
-    assert request.path == "/v1/engines/gpt-j-6b/completions?x=1&y=two"  # the target as sent
-    assert request.url_path == "/v1/engines/gpt-j-6b/completions"
+    assert request.path == request.url_path == "/v1/engines/gpt-j-6b/completions"  # the path alone
+    assert request.target == "/v1/engines/gpt-j-6b/completions?x=1&y=two"  # the target as sent
     assert request.query == {"x": "1", "y": "two"}
     assert request.params == {"model": "gpt-j-6b"}
     assert request.connection == double.connections >= 1
+
+
+def test_recorded_path_is_what_a_route_path_matches(double: ProviderDouble, client: httpx.Client) -> None:
+    """One rule for both: a `Route.path` and a `RecordedRequest.path` are the path without the
+    query; the query is `Route.query` / `RecordedRequest.query`, the whole target `.target`."""
+    double.add_route(Route("GET", r"/items/(?P<id>\d+)", lambda rec: {"path": rec.path, "id": rec.params["id"]}),
+                     Route("GET", r"/only-with-x", {}, query={"x": "1"}))
+    assert client.get("/v1/items/7?x=1&x=2&e=").json() == {"path": "/v1/items/7", "id": "7"}
+    assert client.get("/only-with-x?x=1").status_code == 200
+    assert client.get("/only-with-x?x=2").status_code == 404
+    assert client.get("/only-with-x").status_code == 404
+    first, *_ = double.requests
+    assert (first.path, first.target, first.query) == ("/v1/items/7", "/v1/items/7?x=1&x=2&e=", {"x": "2", "e": ""})
+    assert [r.path for r in double.requests] == ["/v1/items/7", "/only-with-x", "/only-with-x", "/only-with-x"]
+    by_hand = RecordedRequest("GET", "/v1/items/8?x=1", {}, b"", None)  # to call an answer function directly
+    assert (by_hand.path, by_hand.target, by_hand.query) == ("/v1/items/8", "/v1/items/8?x=1", {"x": "1"})
 
 
 def test_chat_completion_shape_any_prefix(double: ProviderDouble, client: httpx.Client) -> None:

@@ -14,9 +14,8 @@ import itertools
 from functools import partial
 from typing import Any
 
-from css_core.testing.routes import RecordedRequest, Replies, Reject, Route, split_text
+from css_core.testing.routes import RecordedRequest, Reject, Replies, Route, split_text
 from css_core.testing.sse import Event, Stream
-
 
 __all__ = ("ANTHROPIC_VERSION", "anthropic_error", "anthropic_routes")
 

@@ -298,7 +298,8 @@ class ProviderDouble:
             decoded, json_ok = None, False
         method, target = request.method.decode(), request.target.decode("latin-1")
         query = dict(urllib.parse.parse_qsl(target.partition("?")[2], keep_blank_values=True))
-        rec = RecordedRequest(method, target, headers, body, decoded, query=query, connection=connection)
+        rec = RecordedRequest(method, target.partition("?")[0], headers, body, decoded, query=query,
+                              connection=connection, target=target)
         self._record(rec)
         fault = self._faults.popleft() if self._faults else Fault("none")
         delay = self.response_delay + (fault.seconds if fault.kind == "delay" else 0.0)
@@ -324,7 +325,7 @@ class ProviderDouble:
         """The route's status and answer for a request the double does not fault, or `Reject`."""
         route: Route | None = None
         for candidate in self.routes:
-            if (params := candidate.match(rec.method, rec.url_path, rec.query)) is not None:
+            if (params := candidate.match(rec.method, rec.path, rec.query)) is not None:
                 route, rec.params = candidate, params
                 break
         if self.api_key is not None:

@@ -13,9 +13,8 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from css_core.testing.routes import RecordedRequest, Replies, Reject, Route, split_text
+from css_core.testing.routes import RecordedRequest, Reject, Replies, Route, split_text
 from css_core.testing.sse import Stream
-
 
 __all__ = ("gemini_error", "gemini_key_invalid", "gemini_routes")
 

@@ -16,9 +16,8 @@ from typing import Any
 
 import msgspec
 
-from css_core.testing.routes import RecordedRequest, Replies, Reject, Route, split_text
+from css_core.testing.routes import RecordedRequest, Reject, Replies, Route, split_text
 from css_core.testing.sse import Stream
-
 
 __all__ = ("openai_error", "openai_routes")
 

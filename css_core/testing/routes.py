@@ -10,6 +10,7 @@ else (`css_core.testing.openai_api`, `anthropic_api`, `gemini_api`).
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,21 +34,35 @@ class Replies(Protocol):
 
 @dataclass
 class RecordedRequest:
-    """One request as the double received it (recorded before it is answered)."""
+    """One request as the double received it (recorded before it is answered).
+
+    `path` is the path alone, as sent (still percent-encoded), never the query: the same
+    string a `Route.path` is matched against. The query string is in `query`, decoded, and
+    `target` is the request line's target exactly as sent (path, `?` and query).
+    """
 
     method: str
-    path: str  # the request target as sent: the path and any query string
+    path: str  # the path, without the query string
     headers: dict[str, str]  # lower-case names
     body: bytes
     json: Any  # the decoded body, or None if empty or not JSON
     query: dict[str, str] = field(default_factory=dict)  # the query parameters, decoded
     params: dict[str, str] = field(default_factory=dict)  # the matched route's named groups
     connection: int = 0  # which accepted connection carried it (1, 2, ...)
+    target: str = ""  # the request target as sent: the path and any `?query`
+
+    def __post_init__(self) -> None:
+        # a request built by hand (to call an answer function directly) may give its whole
+        # target as `path`: it reads as the double's own records do
+        self.target = self.target or self.path
+        self.path, _, query = self.path.partition("?")
+        if query and not self.query:
+            self.query = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
 
     @property
     def url_path(self) -> str:
-        """The path without the query string."""
-        return self.path.split("?", 1)[0]
+        """The path without the query string: the same as `path` (kept for older tests)."""
+        return self.path
 
 
 class Reject(Exception):
