@@ -1,9 +1,15 @@
 """One job at one target: the key of each attempt, how it retries, what its failures are called.
 
 The retry policy is the provider's tenacity controller (`css_core.jobs.retry`); each job
-runs its own copy (`Attempts.retrying`), whose strategies (`wait`, `retry`, `stop`) defer to
-the policy and add only what the job knows: which key failed, and whether it has fallbacks.
-tenacity makes every attempt, the first included.
+runs a controller of its own (`Attempts.retrying`), whose strategies (`wait`, `retry`,
+`stop`) defer to the policy and add only what the job knows: which key failed, and whether
+it has fallbacks. tenacity makes every attempt, the first included, and decides every wait.
+
+The job's controller is tenacity's plain `Retrying`, iterated by the pipeline's coroutine,
+with a `sleep` that only notes the wait: the coroutine then awaits it (`wait_to_retry`), so
+nothing blocks the event loop. `AsyncRetrying` does the same awaiting itself, but it wraps
+and inspects every strategy on every attempt, which costs several times the whole of a
+plain job's retry bookkeeping.
 
 - A 429 cools its key down for its `Retry-After` (capped, see `Attempts.note`), else for the
   configured policy's next wait. The next attempt waits 0 when another key is usable now,
@@ -24,7 +30,7 @@ from typing import Any
 
 import httpx
 import msgspec
-from tenacity import AsyncRetrying, RetryCallState
+from tenacity import RetryCallState, Retrying
 
 from css_core.config import RetryPolicy
 from css_core.errors import (
@@ -90,12 +96,12 @@ class Attempts:
 
     __slots__ = (
         "attempts", "content", "failed_event", "has_fallback", "hop", "input_tokens", "job", "key", "key_failed",
-        "last_event", "output_tokens", "policy", "provider", "refused", "request", "retry_after_cap",
-        "retry_policy", "url",
+        "last_event", "output_tokens", "pending_wait", "policy", "provider", "refused", "request",
+        "retry_after_cap", "retry_policy", "url",
     )
 
     def __init__(self, job: Job, provider: Provider, request: CSSRequest, url: str, content: bytes,
-                 policy: AsyncRetrying, retry_policy: RetryPolicy, has_fallback: Callable[[], bool]) -> None:
+                 policy: Retrying, retry_policy: RetryPolicy, has_fallback: Callable[[], bool]) -> None:
         self.job = job
         self.provider = provider
         self.request = request  # the job's request, redirected to this target's provider and model
@@ -113,6 +119,7 @@ class Attempts:
         self.last_event: bytes | None = None  # a stream's last event with text, whose usage is read when it ends
         self.failed_event: Exception | None = None  # a stream event's failure, raised once the text before it is sent
         self.input_tokens = self.output_tokens = 0  # the usage the answer reports (a stream's: its largest)
+        self.pending_wait = 0.0  # the wait tenacity chose before the next attempt, not yet awaited
 
     # -- the attempts --------------------------------------------------------------------------------------
 
@@ -125,9 +132,18 @@ class Attempts:
             self.key = pool.pick(self.refused)
         return PreparedCall(self.url, provider.headers_for(self.key), self.content, timeout)
 
-    def retrying(self) -> AsyncRetrying:
-        """This job's copy of the provider's retry policy, with the job's strategies."""
-        return self.policy.copy(before_sleep=self.before_sleep, wait=self.wait, retry=self.retry, stop=self.stop)
+    def retrying(self) -> Retrying:
+        """This job's tenacity controller: the job's strategies, deferring to the provider's policy."""
+        return Retrying(stop=self.stop, wait=self.wait, retry=self.retry, before_sleep=self.before_sleep,
+                        sleep=self._wait_later, reraise=True)
+
+    def _wait_later(self, seconds: float) -> None:
+        self.pending_wait = seconds
+
+    async def wait_to_retry(self) -> None:
+        """Await the wait tenacity chose before this attempt (see the module's docstring)."""
+        seconds, self.pending_wait = self.pending_wait, 0.0
+        await asyncio.sleep(seconds)
 
     async def wait_for_key(self) -> None:
         """Before the first attempt, when every key is cooling: wait until the first is free, or

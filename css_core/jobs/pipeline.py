@@ -207,7 +207,9 @@ class Pipeline:
                 if provider.pool.paused:
                     await attempts.wait_for_key()
                 await record.admit(provider.spec.name, attempts.request.model)  # budgets: 429 before any call
-                async for try_ in attempts.retrying():
+                for try_ in attempts.retrying():
+                    if attempts.pending_wait:
+                        await attempts.wait_to_retry()
                     with try_:
                         sent_at = _clock()
                         try:

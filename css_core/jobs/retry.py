@@ -1,7 +1,8 @@
 """The retry policy: which failures are retried, how long to wait, when to give up.
 
-One tenacity object per provider and kind of job (plain or streamed) holds the whole
-policy; each job runs a copy of it (tenacity keeps a run's state on the object). Waits
+One tenacity controller per provider and kind of job (plain or streamed) holds the whole
+policy; each job runs a controller of its own that defers to it (tenacity keeps a run's
+state on the object; `css_core.jobs._attempts`). Waits
 follow the `retry` package the reference container used: the n-th wait is
 `min(delay * backoff**(n-1), max_delay)` plus a random jitter in `[low, high]`; a
 provider's retry hint (`Retry-After`) replaces it. Attempts stop after `tries`, or as soon
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_before_delay
 
 from css_core.config import RetryPolicy
 from css_core.errors import ProviderBadResponse, ProviderHTTPError, ProviderUnreachable
@@ -37,13 +38,13 @@ def wait_seconds(policy: RetryPolicy, attempt: int, exc: BaseException | None) -
     return min(policy.delay * policy.backoff ** (attempt - 1), policy.max_delay) + random.uniform(low, high)
 
 
-def retrying(policy: RetryPolicy, retryable_statuses: frozenset[int], deadline: float) -> AsyncRetrying:
-    """The policy as a tenacity controller; run a `copy()` of it per job."""
+def retrying(policy: RetryPolicy, retryable_statuses: frozenset[int], deadline: float) -> Retrying:
+    """The policy as a tenacity controller, whose strategies each job's controller asks."""
 
     def wait(state: RetryCallState) -> float:
         return wait_seconds(policy, state.attempt_number, state.outcome.exception() if state.outcome else None)
 
-    return AsyncRetrying(
+    return Retrying(
         stop=stop_after_attempt(policy.tries) | stop_before_delay(deadline),
         wait=wait,
         retry=retry_if_exception(lambda exc: is_retryable(exc, retryable_statuses)),

@@ -14,6 +14,12 @@ its file, so that a job's metrics cost a few writes into memory (`css_core.opera
 Label values are bounded: `provider` is a provider's registered name (or `none`), `model`
 one of its catalogue models (or `other`), `endpoint` one of its endpoints (or `other`);
 nothing else from a job ever becomes a label value.
+
+Two cases, on purpose: the `css_*` series' `provider` (and `from_provider`, `to_provider`) is
+the name as its plugin declares it, upper case by convention (`OPENAI`, `COHERE`); the
+`gen_ai_*` series' `gen_ai_provider_name` follows the OpenTelemetry GenAI conventions,
+lower case (`openai`, `gcp.gemini`; one the conventions do not list: its name in lower
+case), so that their dashboards work unchanged.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
+import struct
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -48,6 +55,7 @@ __all__ = (
 
 logger = logging.getLogger("css_core.operations.metrics")
 VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+_two_doubles = struct.Struct("dd").pack  # a series' value and timestamp, as prometheus_client's files hold them
 CONTENT_TYPE = "text/plain; version=0.0.4"  # the text format generate_latest writes (Litestar adds the charset)
 OUTCOMES = ("ok", "http_4xx", "http_429", "http_5xx", "timeout", "unreachable", "bad_response")
 
@@ -90,16 +98,21 @@ def multiprocess_dir(environ: Mapping[str, str] | None = None) -> str | None:
 class Series:
     """One value of one series, written to its place in this worker's file at each change."""
 
-    __slots__ = ("_file", "_key", "value")
+    __slots__ = ("_end", "_file", "_start", "value")
 
     def __init__(self, file: Any, key: str) -> None:
-        self._file, self._key = file, key
+        self._file = file
         self.value = 0.0
         file.write_value(key, 0.0, 0.0)  # the series exists, at 0, from now on
+        # Its place in the file never moves (a growing file is mapped again, at the same
+        # offsets), so each change is one slice assignment of the value and its timestamp,
+        # as `write_value` makes it, without looking the key up again.
+        self._start = file._positions[key]
+        self._end = self._start + 16
 
     def add(self, amount: float) -> None:
-        self.value += amount
-        self._file.write_value(self._key, self.value, 0.0)
+        self.value = value = self.value + amount
+        self._file._m[self._start:self._end] = _two_doubles(value, 0.0)
 
 
 def _le(bound: float) -> str:
