@@ -29,7 +29,7 @@ from css_core.testing.double import ProviderDouble
 from css_core.testing.faults import Fault
 from css_core.testing.gemini_api import gemini_error, gemini_key_invalid, gemini_routes
 from css_core.testing.openai_api import openai_error, openai_routes
-from css_core.testing.routes import RecordedRequest, Reject, Route, split_text
+from css_core.testing.routes import RecordedRequest, Reject, Replies, Route, split_text
 from css_core.testing.service import ServiceServer, build_app, serve_service
 from css_core.testing.sse import DONE, Event, Framing, Stream
 
@@ -44,6 +44,7 @@ __all__ = (
     "ProviderDouble",
     "RecordedRequest",
     "Reject",
+    "Replies",
     "Route",
     "ServiceServer",
     "Stream",

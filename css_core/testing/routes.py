@@ -81,11 +81,12 @@ class Reject(Exception):
 class Route:
     """A method and path the double answers, and what it answers.
 
-    - `path`: a regular expression matched against the END of the request's path (the query
-      excluded, a trailing `/` ignored), e.g. `r"/v1/messages"` or
+    - `path`: a regular expression matched against the END of `RecordedRequest.path`, the
+      path without the query string (a trailing `/` ignored), e.g. `r"/v1/messages"` or
       `r"/models/(?P<model>[^/:]+):generateContent"`; its named groups end up in
       `RecordedRequest.params`. Start it with `^` to anchor it at the start too.
-    - `query`: parameters the query string must hold, e.g. `{"alt": "sse"}`.
+    - `query`: parameters the query string (`RecordedRequest.query`) must hold, each with
+      this value, e.g. `{"alt": "sse"}`.
     - `answer`: a JSON value (sent with `status`), a `Stream`, `bytes` (sent verbatim as
       JSON), or a function of the `RecordedRequest` returning any of these (it may raise
       `Reject`).
