@@ -13,8 +13,12 @@ Beyond the reference container's variables, the service reads its own limits: `C
 (largest job body, default 4 MiB), `CSS_MAX_MESSAGES` (per job, default 1024),
 `CSS_MAX_IN_FLIGHT` (calls open to one provider per worker before new jobs get 503,
 default 2048), `CSS_BEARER_TOKEN` (when set, `/service_output` and `/service-resources`
-require `Authorization: Bearer <token>`) and `CSS_SHUTDOWN_GRACE` (seconds calls in
-flight may take to finish after SIGTERM, default 30).
+require `Authorization: Bearer <token>`), `CSS_SHUTDOWN_GRACE` (seconds calls in
+flight may take to finish after SIGTERM, default 30), `CSS_MAX_ANSWER_BYTES` (the largest
+provider answer read, an error answer's included, default 8 MiB) and `CSS_MAX_EVENT_BYTES`
+(the largest single server-sent event of a stream, default 1 MiB). An answer or an event
+over its limit fails the job with a 502 naming the variable; an error answer over it is
+read up to it and its text cut there.
 
 A provider's model catalogue (what `/service-resources` lists and calls supported) is its
 plugin's, unless `CSS_MODELS`, a JSON object `{"PROVIDER": ["model", ...]}`, replaces it
@@ -22,9 +26,11 @@ for the providers it names; `CSS_EXTRA_MODELS`, of the same shape, then adds mod
 it. Provider names match in any case. A job may still name any model: the catalogue is
 only what the node advertises.
 
-`CSS_INF_WORKFLOW_KW_ARGS` holds the operator's defaults for every provider request body;
-a key that is a provider's name (upper case) with an object value holds defaults for that
-provider only, e.g. `{"temperature": 0.2, "ANTHROPIC": {"max_tokens": 512}}`.
+`CSS_INF_WORKFLOW_KW_ARGS` holds the operator's defaults for the provider request bodies: a
+key that is a provider's name (upper case) with an object value holds defaults for that
+provider only, a key `completions` or `embeddings` (at the top or in a provider's object)
+defaults for that endpoint only, and any other field is a completions default (never sent
+to embeddings), e.g. `{"temperature": 0.2, "ANTHROPIC": {"max_tokens": 512}}`.
 Routing (see `keys`, `routing`, `compatible`): a provider's key variable may hold several
 comma-separated keys, used in turn; `CSS_KEY_DISABLE_SECONDS` (default 600, 0: never) is
 how long a key the provider refused is set aside; `CSS_FALLBACKS` names the providers and
@@ -61,6 +67,8 @@ from css_core.errors import ConfigError
 
 __all__ = (
     "BUDGET_UNITS",
+    "MAX_ANSWER_BYTES",
+    "MAX_EVENT_BYTES",
     "Budget",
     "BudgetLimits",
     "CompatibleProvider",
@@ -75,6 +83,9 @@ __all__ = (
 )
 
 _STREAM_DEADLINE_CAP = 55.0  # the node cuts a stream at 60 s
+#: the largest provider answer read (`CSS_MAX_ANSWER_BYTES`) and streamed event (`CSS_MAX_EVENT_BYTES`)
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 # -- CSS_FALLBACKS ----------------------------------------------------------------------------------------------
@@ -247,6 +258,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_in_flight: int = 2048
     bearer_token: str | None = None
     shutdown_grace: float = 30.0
+    max_answer_bytes: int = MAX_ANSWER_BYTES
+    max_event_bytes: int = MAX_EVENT_BYTES
     models: dict[str, tuple[str, ...]] = {}  # by upper-case provider name: replaces its catalogue
     extra_models: dict[str, tuple[str, ...]] = {}  # ... and extends it
     key_disable_seconds: float = 600.0
@@ -328,6 +341,8 @@ _LIMITS = (
     ("max_in_flight", "CSS_MAX_IN_FLIGHT", int, 1),
     ("shutdown_grace", "CSS_SHUTDOWN_GRACE", float, 0),
     ("key_disable_seconds", "CSS_KEY_DISABLE_SECONDS", float, 0),
+    ("max_answer_bytes", "CSS_MAX_ANSWER_BYTES", int, 1),
+    ("max_event_bytes", "CSS_MAX_EVENT_BYTES", int, 1),
 )
 _RETRY_FIELDS = {"tries": (int, 1), "delay": (float, 0), "max_delay": (float, 0), "backoff": (float, 0)}
 

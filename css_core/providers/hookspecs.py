@@ -55,14 +55,18 @@ def css_provider(config: Settings) -> ProviderSpec | None:
 
     Called once per plugin at start-up, before any job. Return the `ProviderSpec` (name,
     on-chain id, endpoints, key variable and how the key is sent, fixed headers, default
-    base URL, model catalogue, retryable statuses, default body options). `config` reads the
-    plugin's own settings from the environment and `.env` (`config.get(name)`,
+    base URL or `None`, model catalogue, retryable statuses, default body options). `config`
+    reads the plugin's own settings from the environment and `.env` (`config.get(name)`,
     `config.integer(name, default)`, ...); a value that does not parse raises `ConfigError`
-    naming the variable, which stops start-up. `None`: this plugin serves no provider of its
-    own; its other hooks then apply to every provider.
+    naming the variable, which stops start-up. Put what the per-job hooks need of them in
+    `ProviderSpec.settings`: each of those hooks receives `spec`. `None`: this plugin serves
+    no provider of its own; its other hooks then apply to every provider.
 
-    Two plugins returning the same name or on-chain id stop start-up; a plugin whose hook
-    raises anything else is reported by name and left out, and the others still serve.
+    Raise `ConfigError("...")` yourself for a setting the provider cannot run without (a
+    missing or invalid value): start-up stops (the command line exits with status 2) with
+    your message, so name the variable and what it expects. Two plugins returning the same
+    name or on-chain id also stop start-up; a plugin whose hook raises anything else is
+    reported by name and left out, and the others still serve.
     """
 
 
@@ -85,8 +89,8 @@ def css_encode_options(spec: ProviderSpec, request: CSSRequest, options: dict[st
     """Place the job's options in the provider's body.
 
     Called once per job, after `css_encode_params`. `options` are the provider's
-    `default_options`, under the operator's defaults for this provider
-    (`CSS_INF_WORKFLOW_KW_ARGS`), under the job's `extra_args`. Return the fields to merge
+    `default_options`, under the operator's defaults for this provider and the job's
+    endpoint (`CSS_INF_WORKFLOW_KW_ARGS`), under the job's `extra_args`. Return the fields to merge
     over the body (e.g. Gemini moves `temperature` into `generationConfig`). `None` (or no
     implementation): the options are merged into the body as given.
     """
@@ -119,8 +123,10 @@ def css_call_stream(
     Called once per attempt, until one yields its first text. The core implements it
     (`trylast`): it POSTs the call and yields, for each read of the answer, the `data` of
     the server-sent events it completed (the lines of a multi-line `data` joined with a
-    newline; `event:`, `id:` and comment lines ignored) until `data: [DONE]` or the end of
-    the answer. An implementation must raise
+    newline; `id:` and comment lines ignored) until `data: [DONE]` or the end of the answer,
+    as a list whose `names` are the events' `event:` names (`css_core.providers.http.Events`).
+    It reads no event longer than `call.max_event_bytes` and no error answer past
+    `call.max_answer_bytes`. An implementation must raise
     `ProviderHTTPError` before yielding anything when the status is not 2xx, so the failure
     can be retried and answered as an error status. `None`: the next implementation does.
     """
@@ -144,19 +150,24 @@ def css_postprocess(spec: ProviderSpec, request: CSSRequest, body: bytes) -> Res
     """Extract the job's result from the provider's 2xx body.
 
     Called once per successful attempt, inside the retry loop. Return the completion's
-    text or the embedding. Raise `ProviderBadResponse` (or let `msgspec` raise, or index a
-    missing item) for a body that cannot be read: the attempt is then retried. Any other
-    exception is a bug in the plugin: a 500 naming it, not retried. `None`: the body holds
-    no result, answered as a provider failure.
+    text or the embedding. For a body that cannot be read, raise `ProviderBadResponse`, or
+    let one of these escape: `msgspec.DecodeError` / `msgspec.ValidationError`, `KeyError`,
+    `IndexError`, `ValueError` (which includes the standard library's `json.JSONDecodeError`):
+    the attempt is then retried as an unreadable answer. Any other exception (a `TypeError`,
+    an `AttributeError`, ...) is a bug in the plugin: a 500 naming it, not retried. `None`:
+    the body holds no result, answered as a provider failure.
     """
 
 
 @hookspec(firstresult=True)
-def css_parse_stream_event(spec: ProviderSpec, request: CSSRequest, data: bytes) -> str | None:
+def css_parse_stream_event(spec: ProviderSpec, request: CSSRequest, data: bytes, event: str) -> str | None:
     """Return the text one streamed event carries.
 
-    Called for each event payload of a stream, in order. `None` (or "") means the event
-    carries no text (a role-only delta, a keep-alive) and is skipped. Raise
+    Called for each event payload of a stream, in order. `event` is the event's name, from its
+    `event:` line ("message" when it has none, as server-sent events define it): a provider
+    that says what an event is only there (`event: delta`, `event: error`) reads it from this
+    argument, with no call of its own; a plugin that does not need it omits it. `None` (or "")
+    means the event carries no text (a role-only delta, a keep-alive) and is skipped. Raise
     `ProviderBadResponse` for an event that cannot be read or that reports an error: before
     the first text it is retried like a 5xx; after it, the stream ends as a cut stream.
     """

@@ -16,11 +16,9 @@ from typing import Any
 
 import pluggy
 
-from css_core.providers import compatible
-from css_core.providers import default_call
-from css_core.providers import hookspecs
 from css_core.config import Settings
 from css_core.errors import ConfigError, ProviderNotAvailable
+from css_core.providers import compatible, default_call, hookspecs
 from css_core.providers.keys import KeyPool, scrubber
 from css_core.types import ProviderSpec
 
@@ -91,6 +89,7 @@ class Provider:
     plugin's `default_options` under the operator's defaults for this provider. `pool`
     says which of its keys the next attempt uses (`css_core.providers.keys`). A spec whose
     `api_key_env` is empty needs no key: it is served without one, and sends no key header.
+    `base_url` is empty only for a provider that is not served and has no base URL to call.
     """
 
     spec: ProviderSpec
@@ -205,9 +204,18 @@ class Registry:
         return f" (installed: {names})" if names else " (no provider plugin is installed)"
 
 
-def _base_url(spec: ProviderSpec, settings: Settings) -> str:
+def _base_url(spec: ProviderSpec, settings: Settings, served: bool, info: PluginInfo) -> str:
+    """Where to call the provider: its variable, else the plugin's default. A provider without
+    either stops start-up if it would be served, and is otherwise left unserved with no URL."""
     variable = spec.base_url_variable
-    url = (settings.get(variable) or spec.default_base_url).rstrip("/")
+    url = settings.get(variable) or spec.default_base_url
+    if url is None:
+        if not served:
+            return ""  # never called: its jobs are refused for the missing key
+        unset_key = f", or unset {spec.api_key_env} not to serve it" if spec.api_key_env else ""
+        raise ConfigError(f"{variable} is not set: {spec.name} (plugin {info}) has no default base URL; set it to the "
+                          f"provider's endpoint (an http:// or https:// URL){unset_key}")
+    url = url.rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"{variable} must be an http:// or https:// URL, got {url!r}")
     return url
@@ -294,7 +302,9 @@ def _check_fallbacks(settings: Settings, installed: set[str]) -> None:
         for provider in (key.partition("/")[0], *(target.provider for target in targets)):
             if provider not in installed:
                 names = ", ".join(sorted(installed)) or "none"
-                raise ConfigError(f"CSS_FALLBACKS names provider {provider!r}, which is not installed (installed: {names})")
+                raise ConfigError(
+                    f"CSS_FALLBACKS names provider {provider!r}, which is not installed (installed: {names})"
+                )
 
 
 def _register_compatible(pm: pluggy.PluginManager, settings: Settings, infos: dict[str, PluginInfo]) -> None:
@@ -325,9 +335,10 @@ def build_registry(
     providers = []
     for plugin, spec, info in owners:
         hooks = _hooks(pm, [p for p, _, _ in owners if p is not plugin])
-        providers.append(Provider(spec, info, _base_url(spec, settings), _keys(spec, settings), hooks,
-                                  _catalogue(spec, settings), _options(spec, settings),
-                                  key_disable_seconds=settings.key_disable_seconds))
+        provider = Provider(spec, info, "", _keys(spec, settings), hooks, _catalogue(spec, settings),
+                            _options(spec, settings), key_disable_seconds=settings.key_disable_seconds)
+        provider.base_url = _base_url(spec, settings, provider.served, info)
+        providers.append(provider)
     names = {spec.name.upper() for _, spec, _ in owners}
     _check_fallbacks(settings, names)
     scoped = (("CSS_MODELS", settings.models), ("CSS_EXTRA_MODELS", settings.extra_models),
