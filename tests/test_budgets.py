@@ -2,7 +2,9 @@
 them across 2 workers (SQLite) and across two instances sharing a real `redis-server`.
 
 The Redis tests start `redis-server` on a free loopback port; where there is no such binary
-they are skipped, saying so.
+they are skipped, saying so. Every test's budgets are on a fixed clock (`Budgets.clock`; for
+the command line, `tests.clock_service`), half an hour into a window: its jobs never straddle
+two windows, and no test waits for one to end.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,8 @@ from css_core.config import Budget, load_settings, parse_budgets
 from css_core.config import BudgetLimits as Limits
 from css_core.errors import ConfigError, OverBudget, StoreUnavailable
 from css_core.operations.budget_store import RedisStore, SQLiteStore, check_store
-from css_core.operations.budgets import Budgets
-from css_core.testing import ProviderDouble
+from css_core.operations.budgets import Budgets, Slot
+from css_core.testing import ProviderDouble, ServiceServer
 from tests.conftest import (
     STREAM,
     Launched,
@@ -37,6 +40,7 @@ from tests.conftest import (
     service_env,
 )
 from tests.helpers import requires_plugin
+from tests.launching import launcher, mid_window
 from tests.test_metrics import jobs_by_worker, one_connection_each, scrape, wait_for_workers
 
 needs_openai = requires_plugin("css_openai")
@@ -46,12 +50,35 @@ needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="no redis-server b
 EVERY_JOB = '{"*": {"requests_per_hour": 3}}'
 
 
-def away_from_the_window_edge(seconds: int = 3600, margin: float = 90.0) -> None:
-    """Windows are aligned to the UTC clock: a test whose jobs straddle two windows would see
-    two budgets, so one that starts too close to the end of a window waits for the next."""
-    left = seconds - time.time() % seconds
-    if left < margin:
-        time.sleep(left + 0.5)
+NOW = mid_window()
+
+
+def fixed(now: float = NOW) -> Callable[[], float]:
+    return lambda: now
+
+
+@pytest.fixture
+def launch_on_clock(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
+    """`launch_on_clock(env, workers=2)`: the command line, its budgets on the clock `NOW`."""
+    with launcher(tmp_path) as start:
+        yield lambda env, workers=2: start(env, workers=workers, clock=NOW)
+
+
+@pytest.fixture
+def service_on_clock(double: ProviderDouble) -> Iterator[Callable[..., str]]:
+    """`service_on_clock(**overrides) -> url`: the app in this process, its budgets on the clock `NOW`."""
+    servers: list[ServiceServer] = []
+
+    def start(**overrides: str) -> str:
+        server = ServiceServer(service_env(double, **overrides))
+        servers.append(server)
+        server.start()
+        server.app.state.service.budgets.clock = fixed()
+        return server.url
+
+    yield start
+    for server in servers:
+        server.stop()
 
 
 def budgets(text: str) -> tuple[Budget, ...]:
@@ -146,7 +173,7 @@ def test_the_sqlite_store_counts_checks_refunds_and_keeps_its_counts(tmp_path: P
     configured = parse_budgets({"*": Limits(requests_per_hour=2, tokens_per_hour=10)})
 
     async def scenario(path: Path) -> list[Any]:
-        ledger = Budgets(configured, SQLiteStore(path))
+        ledger = Budgets(configured, SQLiteStore(path), clock=fixed())
         seen: list[Any] = []
         counted: set[tuple[str, str]] = set()
         first = await ledger.admit("OPENAI", "gpt-4", counted)
@@ -168,12 +195,12 @@ def test_the_sqlite_store_counts_checks_refunds_and_keeps_its_counts(tmp_path: P
     count, again, refused, gauges = run(scenario(path))
     assert (count, again) == (1, [])
     status, headers, message = refused
-    assert status == 429 and 1 <= int(headers["Retry-After"]) <= 3600
+    assert status == 429 and headers["Retry-After"] == "1800"  # the window's end, half an hour away
     assert "'*'" in message and "2 requests per hour" in message
     assert gauges == [("css_budget_used", [2.0, 12.0]), ("css_budget_limit", [2.0, 10.0])]
 
     async def after_restart() -> None:
-        ledger = Budgets(configured, SQLiteStore(path))
+        ledger = Budgets(configured, SQLiteStore(path), clock=fixed())
         with pytest.raises(OverBudget, match="tokens per hour"):  # spent by the job before: it crossed the line
             await ledger.admit("OPENAI", "gpt-4", set())
         await ledger.close()
@@ -195,6 +222,70 @@ def test_an_unreachable_sqlite_store_refuses_budgeted_jobs_only(tmp_path: Path) 
     run(scenario())
 
 
+def test_the_windows_follow_the_budgets_clock(tmp_path: Path) -> None:
+    clock = [NOW]
+
+    async def scenario() -> list[int]:
+        ledger = Budgets(parse_budgets({"*": Limits(requests_per_hour=1)}), SQLiteStore(tmp_path / "db"),
+                         clock=lambda: clock[0])
+        await ledger.admit("OPENAI", "gpt-4", set())
+        with pytest.raises(OverBudget):
+            await ledger.admit("OPENAI", "gpt-4", set())
+        clock[0] = NOW + 1799  # the last second of the window
+        with pytest.raises(OverBudget) as refused:
+            await ledger.admit("OPENAI", "gpt-4", set())
+        clock[0] = NOW + 1800  # the next window
+        await ledger.admit("OPENAI", "gpt-4", set())
+        await ledger.close()
+        return [int(refused.value.headers["Retry-After"])]
+
+    assert run(scenario()) == [1]
+
+
+class ThreadedStore:
+    """A store that counts on a thread of its own, as SQLite's does, once the test lets it."""
+
+    description = "the test's store"
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.entered, self.release, self.done = threading.Event(), threading.Event(), threading.Event()
+
+    def _admit(self, requests: Sequence[Slot]) -> list[Slot]:
+        self.entered.set()
+        self.release.wait(10)
+        self.count += len(requests)
+        self.done.set()
+        return []
+
+    async def admit(self, requests: Sequence[Slot], tokens: Sequence[Slot]) -> list[Slot]:
+        return await asyncio.get_running_loop().run_in_executor(None, self._admit, requests)
+
+    async def refund(self, slots: Sequence[Slot]) -> None:
+        self.count -= len(slots)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_job_cancelled_while_the_store_counts_gets_its_count_back() -> None:
+    store = ThreadedStore()
+    ledger = Budgets(parse_budgets({"*": Limits(requests_per_hour=5)}), store, clock=fixed())  # type: ignore[arg-type]
+
+    async def scenario() -> None:
+        admitting = asyncio.ensure_future(ledger.admit("OPENAI", "gpt-4", set()))
+        await asyncio.to_thread(store.entered.wait, 10)
+        admitting.cancel()  # the client left, or the deadline passed, while the store counts
+        await asyncio.sleep(0)
+        store.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await admitting
+        await asyncio.to_thread(store.done.wait, 10)
+
+    run(scenario())
+    assert store.done.is_set() and store.count == 0
+
+
 # -- the service, across 2 workers (SQLite) ---------------------------------------------------------------------------
 
 
@@ -211,19 +302,18 @@ def statuses(responses: list[httpx.Response]) -> list[int]:
 
 @needs_openai
 def test_three_requests_an_hour_let_exactly_three_of_six_jobs_through_two_workers(
-    double: ProviderDouble, launch: Callable[..., Launched], http: httpx.Client, tmp_path: Path
+    double: ProviderDouble, launch_on_clock: Callable[..., Launched], http: httpx.Client, tmp_path: Path
 ) -> None:
     env = budgeted_env(double, tmp_path)
-    service = launch(env, workers=2)
+    service = launch_on_clock(env, workers=2)
     wait_for_workers(Path(env["PROMETHEUS_MULTIPROC_DIR"]), url=service.url)
-    away_from_the_window_edge()
     double.response_delay = 0.1  # the jobs overlap: both workers take some, at once
     answers = one_connection_each(service.url, [job(chat(f"job {i}")) for i in range(6)])
     assert statuses(answers) == [200, 200, 200, 429, 429, 429]
     assert len(double.requests) == 3  # a refused job never reaches the provider
     for refused in (a for a in answers if a.status_code == 429):
         assert_error(refused, 429, "'*'", "3 requests per hour", "CSS_BUDGETS")
-        assert 1 <= int(refused.headers["retry-after"]) <= 3600
+        assert refused.headers["retry-after"] == "1800"
     # the kernel hashes each connection to a worker's socket: both take some of the six,
     # but for one run in 32, when all six land on one (the count is exact either way)
     assert sum(jobs_by_worker(Path(env["PROMETHEUS_MULTIPROC_DIR"]), 6).values()) == 6
@@ -235,22 +325,20 @@ def test_three_requests_an_hour_let_exactly_three_of_six_jobs_through_two_worker
 
 @needs_openai
 def test_a_restart_within_the_window_keeps_its_counts(
-    double: ProviderDouble, launch: Callable[..., Launched], http: httpx.Client, tmp_path: Path
+    double: ProviderDouble, launch_on_clock: Callable[..., Launched], http: httpx.Client, tmp_path: Path
 ) -> None:
-    away_from_the_window_edge(margin=120)
-    service = launch(budgeted_env(double, tmp_path), workers=1)
+    service = launch_on_clock(budgeted_env(double, tmp_path), workers=1)
     assert statuses([post_job(http, service.url, job(chat())) for _ in range(2)]) == [200, 200]
     service.stop()
-    service = launch(budgeted_env(double, tmp_path), workers=1)
+    service = launch_on_clock(budgeted_env(double, tmp_path), workers=1)
     assert statuses([post_job(http, service.url, job(chat())) for _ in range(2)]) == [200, 429]
 
 
 @needs_openai
 def test_jobs_under_no_budget_are_served_and_refused_jobs_count_nothing(
-    service: Callable[..., str], http: httpx.Client, double: ProviderDouble, tmp_path: Path
+    service_on_clock: Callable[..., str], http: httpx.Client, double: ProviderDouble, tmp_path: Path
 ) -> None:
-    url = service(CSS_BUDGETS='{"OPENAI/gpt-4": {"requests_per_hour": 1}}', CSS_STATE_DIR=str(tmp_path))
-    away_from_the_window_edge()
+    url = service_on_clock(CSS_BUDGETS='{"OPENAI/gpt-4": {"requests_per_hour": 1}}', CSS_STATE_DIR=str(tmp_path))
     # refused before any provider call (the workflow's own checks): gives its request back
     assert post_job(http, url, job(chat(extra_args={"model": "x"}))).status_code == 400
     assert post_job(http, url, job(chat())).status_code == 200
@@ -273,10 +361,9 @@ def test_no_budget_no_store(service: Callable[..., str], http: httpx.Client, tmp
 
 @needs_openai
 def test_a_token_budget_lets_the_job_that_crosses_it_complete(
-    service: Callable[..., str], http: httpx.Client, double: ProviderDouble, tmp_path: Path
+    service_on_clock: Callable[..., str], http: httpx.Client, double: ProviderDouble, tmp_path: Path
 ) -> None:
-    url = service(CSS_BUDGETS='{"OPENAI": {"tokens_per_hour": 3}}', CSS_STATE_DIR=str(tmp_path))
-    away_from_the_window_edge()
+    url = service_on_clock(CSS_BUDGETS='{"OPENAI": {"tokens_per_hour": 3}}', CSS_STATE_DIR=str(tmp_path))
     assert post_job(http, url, job(chat("one two"))).status_code == 200  # 2 in, 5 out: crosses 3
     assert_error(post_job(http, url, job(chat())), 429, "'OPENAI'", "3 tokens per hour")
     assert len(double.requests) == 1
@@ -285,11 +372,10 @@ def test_a_token_budget_lets_the_job_that_crosses_it_complete(
 
 @needs_openai
 def test_a_job_over_budget_falls_back_to_a_target_whose_budget_allows_it(
-    service: Callable[..., str], http: httpx.Client, double: ProviderDouble, tmp_path: Path
+    service_on_clock: Callable[..., str], http: httpx.Client, double: ProviderDouble, tmp_path: Path
 ) -> None:
-    url = service(CSS_BUDGETS='{"OPENAI/gpt-4": {"requests_per_hour": 1}}', CSS_STATE_DIR=str(tmp_path),
+    url = service_on_clock(CSS_BUDGETS='{"OPENAI/gpt-4": {"requests_per_hour": 1}}', CSS_STATE_DIR=str(tmp_path),
                   CSS_FALLBACKS='{"OPENAI/gpt-4": ["OPENAI/gpt-4o"]}')
-    away_from_the_window_edge()
     first, second = post_job(http, url, job(chat())), post_job(http, url, job(chat()))
     assert (first.status_code, second.status_code) == (200, 200)
     assert [r.json["model"] for r in double.requests] == ["gpt-4", "gpt-4o"]
@@ -344,12 +430,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @needs_openai
 @needs_redis
 def test_two_instances_sharing_redis_let_exactly_three_of_six_jobs_through(
-    double: ProviderDouble, launch: Callable[..., Launched], redis_server: RedisServer, tmp_path: Path
+    double: ProviderDouble, launch_on_clock: Callable[..., Launched], redis_server: RedisServer, tmp_path: Path
 ) -> None:
     env = service_env(double, CSS_BUDGETS=EVERY_JOB, CSS_REDIS_URL=redis_server.url,
                       CSS_STATE_DIR=str(tmp_path / "unused"))
-    first, second = launch(env, workers=1), launch(env, workers=1)
-    away_from_the_window_edge()
+    first, second = launch_on_clock(env, workers=1), launch_on_clock(env, workers=1)
     double.response_delay = 0.1
     bodies = [job(chat(f"job {i}")) for i in range(6)]
     answers = one_connection_each(first.url, bodies[:3]) + one_connection_each(second.url, bodies[3:])

@@ -7,7 +7,8 @@ provider serves) or `"PROVIDER/model"`; its value sets any of `requests_per_minu
 `{"*": {"requests_per_day": 10000}, "OPENAI/gpt-4": {"tokens_per_hour": 200000}}`.
 Provider names match in any case; a model name is taken as written.
 
-Windows are fixed and aligned to UTC (a minute, an hour, a day starts on the UTC clock).
+Windows are fixed and aligned to UTC (a minute, an hour, a day starts on the UTC clock);
+the clock is `Budgets.clock` (`time.time`, or a test's).
 A job counts one request against each budget that covers it when its first attempt at a
 provider is about to be sent (`Budgets.admit`); a job refused before that counts nothing.
 Its tokens (the provider's usage, input plus output) are added when the answer arrives.
@@ -22,10 +23,11 @@ serves the others. With no budget configured no store is opened, and a job costs
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from css_core.config import Budget
@@ -119,9 +121,12 @@ class Store(Protocol):
 class Budgets:
     """The configured budgets, which cover which job, and their store."""
 
-    def __init__(self, budgets: Iterable[Budget], store: Store | None) -> None:
+    def __init__(self, budgets: Iterable[Budget], store: Store | None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.budgets = tuple(budgets)
         self.store = store if self.budgets else None
+        self.clock = clock  # epoch seconds: which window a count falls in
+        self._giving_back: set[asyncio.Task[None]] = set()
         # by scope, so that finding a job's budgets never keeps anything a job wrote
         self._everyone = tuple(b for b in self.budgets if b.provider is None)
         self._provider: dict[str, tuple[Budget, ...]] = {}
@@ -155,16 +160,35 @@ class Budgets:
         covering = self.covering(provider, model)
         if not covering:
             return []
-        now = time.time()
+        now = self.clock()
         requests = [Slot.of(b, now) for b in covering if b.requests and (b.key, b.unit) not in counted]
         tokens = [Slot.of(b, now) for b in covering if not b.requests]
         if not requests and not tokens:
             return []
-        spent = await store.admit(requests, tokens)
+        # The store counts on a thread of its own (SQLite) or on the server (Redis): a job cancelled
+        # meanwhile (its client left, its deadline passed) would never learn what was counted for it.
+        admitting = asyncio.ensure_future(store.admit(requests, tokens))
+        try:
+            spent = await asyncio.shield(admitting)
+        except asyncio.CancelledError:
+            giving_back = asyncio.ensure_future(self._give_back(admitting, requests))
+            self._giving_back.add(giving_back)  # a task the loop only holds weakly
+            giving_back.add_done_callback(self._giving_back.discard)
+            await asyncio.shield(giving_back)  # cancelled again, it still ends on its own
+            raise
         if spent:
             raise over_budget(spent, now)
         counted.update((slot.budget.key, slot.budget.unit) for slot in requests)
         return requests
+
+    async def _give_back(self, admitting: asyncio.Future[list[Slot]], requests: Sequence[Slot]) -> None:
+        """Once the store has answered an admission whose job was cancelled: refund what it counted."""
+        try:
+            spent = await admitting
+        except Exception:  # the store failed: no count is known to be held for the job
+            return
+        if not spent:
+            await self.refund(requests)
 
     async def add_tokens(self, provider: str, model: str, tokens: int) -> None:
         """Add a job's tokens to the budgets covering it; a store that fails is logged, not raised
@@ -172,7 +196,7 @@ class Budgets:
         store = self.store
         if store is None or tokens <= 0:
             return
-        now = time.time()
+        now = self.clock()
         slots = [Slot.of(b, now) for b in self.covering(provider, model) if not b.requests]
         if not slots:
             return
@@ -194,7 +218,7 @@ class Budgets:
         """`css_budget_used` (this window's count, when the store answers) and `css_budget_limit`."""
         if self.store is None:
             return []
-        now = time.time()
+        now = self.clock()
         labels = [(budget.key, budget.unit) for budget in self.budgets]
         families: list[Metric] = [gauge_family("css_budget_limit", "A budget's limit per window (CSS_BUDGETS)",
                                  ("budget", "unit"), zip(labels, (float(b.limit) for b in self.budgets), strict=True))]
