@@ -31,40 +31,40 @@ async def close_events(events: Any) -> None:
 class Streamed:
     """The texts of a stream after its first, one per provider read that carried any."""
 
-    __slots__ = ("_job", "_open", "_upstream", "deadline_at", "first", "model", "provider", "sent")
+    __slots__ = ("_attempts", "_open", "_upstream", "deadline_at", "first", "model", "provider", "sent")
 
-    def __init__(self, job: Attempts, upstream: AsyncIterator[Any], first: str) -> None:
-        self._job, self._upstream, self._open = job, upstream, True
+    def __init__(self, attempts: Attempts, upstream: AsyncIterator[Any], first: str) -> None:
+        self._attempts, self._upstream, self._open = attempts, upstream, True
         self.first = first
-        self.provider: Provider = job.provider
-        self.model = job.request.model
-        self.deadline_at = job.job.deadline_at  # the loop's time when the stream is cut
+        self.provider: Provider = attempts.provider
+        self.model = attempts.request.model
+        self.deadline_at = attempts.job.deadline_at  # the loop's time when the stream is cut
         self.sent = 1  # the texts handed out so far, the first included
 
     def __aiter__(self) -> Streamed:
         return self
 
     async def __anext__(self) -> str:
-        job = self._job
-        if (failure := job.failed_event) is not None:
+        attempts = self._attempts
+        if (failure := attempts.failed_event) is not None:
             raise failure
         while True:
             try:
                 events = await anext(self._upstream)
             except StopAsyncIteration:
-                if job.last_event is not None:  # the last event's usage (Gemini's running total)
-                    job.read_usage(job.last_event)
+                if attempts.last_event is not None:  # the last event's usage (Gemini's running total)
+                    attempts.read_usage(attempts.last_event)
                 raise
             except BaseException as exc:
-                raise job.attempt_failure(exc) from None
-            if text := job.texts_of(events):
+                raise attempts.attempt_failure(exc) from None
+            if text := attempts.texts_of(events):
                 self.sent += 1
                 return text
 
     def cut(self, exc: BaseException) -> None:
         """Log why the stream ended before its end (a cut connection, an unreadable event, the deadline)."""
         logger.warning("%s stream ended after %d chunk(s): %s", self.provider.spec.name, self.sent,
-                       self._job.describe(exc))
+                       self._attempts.describe(exc))
 
     async def aclose(self) -> None:
         """Close the provider's answer, free the in-flight slot, report the usage; once."""
@@ -75,4 +75,4 @@ class Streamed:
         try:
             await close_events(self._upstream)
         finally:
-            await self._job.report_usage()
+            await self._attempts.report_usage()
