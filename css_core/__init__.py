@@ -1,8 +1,8 @@
 """css-inference-service: an Infernet container serving closed-source LLM providers.
 
 What a provider plugin needs is exported here: the `hookimpl` marker, the types its hooks
-take and return, and the errors it may raise. The core is in packages by layer, each
-importing only from those below it:
+take and return, the errors it may raise, and helpers (`openai_format`, `error_message`). The
+core is in packages by layer, each importing only from those below it:
 
     edge/         the Litestar app, its routes, the command line and its workers
     jobs/         the contract's messages, decoding, the on-chain codec, the job pipeline
@@ -31,6 +31,7 @@ __version__ = "0.1.0"
 from css_core.config import Settings
 from css_core.errors import ConfigError, InvalidJob, ProviderBadResponse, ProviderHTTPError, ProviderUnreachable
 from css_core.providers import openai_format
+from css_core.providers.default_call import error_message
 from css_core.providers.hookspecs import hookimpl
 from css_core.types import (
     JOB_FIELDS,
@@ -61,6 +62,7 @@ __all__ = (
     "Settings",
     "Usage",
     "__version__",
+    "error_message",
     "hookimpl",
     "openai_format",
 )

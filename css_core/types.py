@@ -6,6 +6,7 @@ submodule. They are validated once, at the edge, and immutable after that.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -65,19 +66,25 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
       sent as `auth_header: <auth_scheme> <key>`, or the bare key when `auth_scheme` is
       `None` (e.g. `x-api-key`). `headers` are sent with every call (e.g. an API version).
     - The base URL is read from `base_url_env` (by default `<name>_BASE_URL`), else
-      `default_base_url`.
+      `default_base_url`. `None` (no public default: Azure, a self-hosted server, a regional
+      endpoint): while the key is set and the variable is not, start-up stops with a
+      `ConfigError` naming the variable; while the key is not set, the provider is not served.
     - `models` is the catalogue `/service-resources` shows (discovery only: a request for
       another model is still forwarded).
     - A status in `retryable_statuses` is retried; 401 and 403 mean the key was refused.
     - `default_options` are body fields the provider needs unless the operator or the job
       sets them (e.g. Anthropic's `max_tokens`); `job_fields` are the body fields the plugin
       builds from the job, which `extra_args` may not replace (a 400 says so).
+    - `settings` are the plugin's own settings, read once in `css_provider` (e.g. an API
+      version from an environment variable, with its default): every per-job hook receives
+      `spec`, so it reads them as `spec.settings[...]` instead of from a module global. The
+      core never reads them. They are shared by every job at once: read them, never change them.
     """
 
     name: str
     onchain_id: int
     api_key_env: str
-    default_base_url: str
+    default_base_url: str | None = None
     endpoints: tuple[str, ...] = ("completions",)
     models: tuple[str, ...] = ()
     base_url_env: str | None = None
@@ -87,6 +94,7 @@ class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):
     headers: dict[str, str] = {}
     default_options: dict[str, Any] = {}
     job_fields: frozenset[str] = JOB_FIELDS
+    settings: Mapping[str, Any] = {}
 
     @property
     def base_url_variable(self) -> str:

@@ -4,6 +4,7 @@ as a plugin author uses them (imported into a conftest of their own)."""
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import socket
 import subprocess
@@ -13,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
-from css_core.testing import ProviderDouble, ServiceServer, fixtures, serve_service
+from css_core.testing import Fault, ProviderDouble, ServiceServer, fixtures, serve_service
 from tests.conftest import assert_error, chat, job, post_job, service_env
 from tests.helpers import requires_plugin
 
@@ -54,6 +56,27 @@ def test_the_fixtures(provider_double: ProviderDouble, css_service: Callable[...
     assert post_job(http, url, job(chat())).json() == {"output": provider_double.expected_reply("gpt-4", "hi")}
 
 
+@pytest.mark.parametrize(
+    ("retry_policy", "wait"),
+    [({}, "0.0"), ({"CSS_REQUEST_DELAY": "0.2"}, "0.2"), ({"CSS_REQUEST_JITTER": "[0.2, 0.2]"}, "0.2"),
+     ({"RETRY_PARAMS": '{"delay": 0.2, "jitter": [0, 0]}'}, "0.2"),
+     ({"CSS_INF_WORKFLOW_KW_ARGS": '{"retry_params": {"delay": 0.2, "jitter": [0, 0]}}'}, "0.2")],
+    ids=["kit-default", "delay", "jitter", "RETRY_PARAMS", "retry_params"],
+)
+def test_the_kit_retries_at_once_unless_the_test_sets_a_policy(
+    double: ProviderDouble, http: httpx.Client, caplog: pytest.LogCaptureFixture, retry_policy: dict[str, str],
+    wait: str,
+) -> None:
+    """The service waits 3 s and more before a retry; a plugin's test of a retry should not."""
+    env = {"OPENAI_API_KEY": str(double.api_key), "OPENAI_BASE_URL": f"{double.url}/v1", **retry_policy}
+    with caplog.at_level(logging.WARNING, logger="css_core.jobs.pipeline"), serve_service(env) as url:
+        double.script(Fault.status(503))
+        assert post_job(http, url, job(chat())).status_code == 200
+    assert len(double.requests) == 2
+    (retry,) = [r.getMessage() for r in caplog.records if "attempt 1 failed (HTTP 503" in r.getMessage()]
+    assert retry.endswith(f"; retrying in {wait} s"), retry
+
+
 def test_a_plugin_authors_conftest_gets_the_fixtures(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text("from css_core.testing import css_service, provider_double  # noqa: F401\n")
     (tmp_path / "test_mine.py").write_text(textwrap.dedent("""\
@@ -65,9 +88,7 @@ def test_a_plugin_authors_conftest_gets_the_fixtures(tmp_path: Path) -> None:
 
         def test_completion_after_a_rate_limit(provider_double, css_service):
             url = css_service({"OPENAI_API_KEY": provider_double.api_key,
-                               "OPENAI_BASE_URL": f"{provider_double.url}/v1",
-                               "CSS_REQUEST_DELAY": "0.01", "CSS_REQUEST_JITTER": "[0, 0]"},
-                              plugins=[css_openai])
+                               "OPENAI_BASE_URL": f"{provider_double.url}/v1"}, plugins=[css_openai])
             provider_double.script(Fault.status(429, retry_after="0"))
             job = {"source": 1, "destination": 1, "requires_proof": False,
                    "data": {"provider": "OPENAI", "model": "gpt-4",

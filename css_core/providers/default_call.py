@@ -43,7 +43,10 @@ class _ErrorEnvelope(msgspec.Struct):
 
 
 def error_message(body: bytes) -> str:
-    """The human part of a provider's error body (OpenAI's shape, or plain text), cut short."""
+    """The human part of a provider's error body, for a plugin's `css_read_error` too (exported
+    as `css_core.error_message`): the message of `{"error": {"message": ...}}` (OpenAI's shape),
+    `{"error": "..."}`, `{"message": ...}` or `{"detail": ...}`; else the body as text (bytes
+    that are not UTF-8 replaced), or "(empty body)". Cut to a few kilobytes; never raises."""
     try:
         envelope = msgspec.json.decode(body, type=_ErrorEnvelope)
         error = envelope.error

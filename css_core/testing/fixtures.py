@@ -33,9 +33,10 @@ def provider_double() -> Iterator[ProviderDouble]:
 def css_service() -> Iterator[Callable[..., str]]:
     """`css_service(env, plugins=None) -> base_url`: the real service on a loopback port.
 
-    `env` is its whole configuration (the process environment is not read); `plugins` the
-    plugin objects or modules to serve instead of the installed ones. Every service the
-    test started is stopped at its end.
+    `env` is its whole configuration (the process environment is not read), except that a
+    failed attempt is retried at once (`CSS_REQUEST_DELAY=0`, `CSS_REQUEST_JITTER=[0, 0]`)
+    unless `env` sets a retry policy of its own; `plugins` the plugin objects or modules to
+    serve instead of the installed ones. Every service the test started is stopped at its end.
     """
     started: list[ServiceServer] = []
 

@@ -5,6 +5,11 @@
 without touching `os.environ`, and serves it with uvicorn in a daemon thread over a real
 socket, so provider calls, streams and disconnects behave as in production. It depends on
 nothing of the core but those functions and `plugin_manager`.
+
+One default differs from the service's: attempts are retried at once, with no delay and no
+jitter (`CSS_REQUEST_DELAY=0`, `CSS_REQUEST_JITTER=[0, 0]`), so that a test of a retry does
+not wait the service's seconds. An environment that sets either variable, or a retry policy
+in an older form (`RETRY_PARAMS`, `retry_params` in `CSS_INF_WORKFLOW_KW_ARGS`), keeps its own.
 """
 
 from __future__ import annotations
@@ -20,18 +25,30 @@ import uvicorn
 
 __all__ = ("ServiceServer", "build_app", "serve_service")
 
+#: What the kit sets unless the test's environment does: no wait between attempts.
+_TEST_DEFAULTS: Mapping[str, str] = {"CSS_REQUEST_DELAY": "0", "CSS_REQUEST_JITTER": "[0, 0]"}
+
+
+def _with_test_defaults(env: Mapping[str, str]) -> dict[str, str]:
+    # the kit's variables are the most specific form, so they would win over a policy the test
+    # sets in an older one: that policy is left whole
+    if "RETRY_PARAMS" in env or "retry_params" in env.get("CSS_INF_WORKFLOW_KW_ARGS", ""):
+        return dict(env)
+    return {**_TEST_DEFAULTS, **env}
+
 
 def build_app(env: Mapping[str, str], plugins: Sequence[object] | None = None) -> Any:
-    """The service's ASGI app configured by `env` (no `.env` file is read).
+    """The service's ASGI app configured by `env` (no `.env` file is read), retrying at once
+    unless `env` sets a retry delay or jitter of its own (see above).
 
     `plugins`: the plugin objects or modules to serve, and only those; `None`: the installed
     plugins (their entry points), as the service itself loads them.
     """
-    from css_core.edge.app import create_app
     from css_core.config import load_settings
+    from css_core.edge.app import create_app
     from css_core.providers.registry import build_registry, plugin_manager
 
-    settings = load_settings(environ=dict(env), dotenv=None)
+    settings = load_settings(environ=_with_test_defaults(env), dotenv=None)
     pm, infos, errors = plugin_manager(load_entry_points=plugins is None)
     for plugin in plugins or ():
         pm.register(plugin)
