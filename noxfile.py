@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +35,7 @@ nox.options.default_venv_backend = "uv|virtualenv"
 # CI's matrix, kept within its time: the whole suite on the oldest and the newest Python;
 # 3.12 (the Docker image's) runs each plugin alone, the bare core and compat. `nox -s
 # tests-3.12` runs the whole suite there too.
-nox.options.sessions = ["tests-3.11", "tests-3.13", "plugin", "bare", "lint", "types", "compat"]
+nox.options.sessions = ["tests-3.11", "tests-3.13", "plugin", "bare", "scaffold", "lint", "types", "compat"]
 IMAGE_PYTHON = "3.12"
 # A missing interpreter: nox tries to install it with uv; failing that, it is an error when
 # CI is set (the matrix is the point) and a loud skip on a developer's machine.
@@ -233,6 +234,22 @@ def bare(session: nox.Session) -> None:
     """The core with no plugin starts, and answers every job with an error naming the provider."""
     _install(session, [ROOT], ["test"])
     session.run("pytest", "tests/test_no_plugins.py", *session.posargs, env={"CSS_TEST_BARE": "1"})
+
+
+@nox.session(python=IMAGE_PYTHON)
+def scaffold(session: nox.Session) -> None:
+    """`css-inference-service new-plugin` writes a plugin that installs next to the core and passes its own tests."""
+    _install(session, [ROOT])
+    with tempfile.TemporaryDirectory(prefix="css-scaffold-") as tmp:
+        # outside the repository, as a plugin author's would be: no conftest or config of ours applies
+        plugin = Path(tmp) / "css-acme"
+        session.run("css-inference-service", "new-plugin", "ACME", "--dir", str(plugin))
+        # as its README says, with its own `test` extra and none of our test tools, so that what it
+        # declares is shown to be enough; pytest at uv.lock's version, the core the one just installed
+        reinstall = ["--reinstall-package", "css-acme"] if session.venv_backend == "uv" else []
+        constraints = _locked_constraints(session, ["test"])
+        session.install("--constraint", str(constraints), *reinstall, f"{plugin}[test]")
+        session.run("pytest", "-p", "no:cacheprovider", str(plugin), *session.posargs)
 
 
 @nox.session(python=PYTHONS[0], default=False)

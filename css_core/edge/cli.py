@@ -3,7 +3,8 @@
 It takes exactly the node's `command` string (e.g. `--bind=0.0.0.0:3000 --workers=2`),
 checks the configuration and the plugins once before any worker starts, says which
 providers are served, then runs the ASGI server. `css-inference-service plugins` lists
-the installed provider plugins.
+the installed provider plugins; `css-inference-service new-plugin NAME` writes a new
+provider plugin's package (`css_core.edge.scaffold`).
 
 Every worker writes its metrics to `PROMETHEUS_MULTIPROC_DIR` (`css_core.operations.metrics`): unless
 the operator names one, a fresh directory is made for the run before the workers start,
@@ -26,15 +27,16 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from css_core import __version__
+from css_core.config import Settings, load_settings
+from css_core.edge import scaffold
 from css_core.edge import workers as listeners
+from css_core.errors import ConfigError
 from css_core.operations import metrics
 from css_core.operations.budget_store import check_store
 from css_core.operations.budgets import check_providers
-from css_core.config import Settings, load_settings
-from css_core.errors import ConfigError
 from css_core.operations.logs import lean_records, logging_config
-from css_core.providers.registry import Provider, Registry, build_registry
 from css_core.providers.http import ssl_context
+from css_core.providers.registry import Provider, Registry, build_registry
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -58,13 +60,29 @@ def _parser() -> argparse.ArgumentParser:
         description="Infernet container serving closed-source LLM providers. Configuration is read from "
         "the environment and .env (see README).",
     )
-    parser.add_argument("command", nargs="?", choices=("serve", "plugins"), default="serve",
-                        help="serve (the default) or list the installed provider plugins")
+    parser.add_argument("command", nargs="?", choices=("serve", "plugins", "new-plugin"), default="serve",
+                        help="serve (the default), list the installed provider plugins, or write a new "
+                        "provider plugin's package (new-plugin NAME)")
+    parser.add_argument("name", nargs="?", metavar="NAME",
+                        help="new-plugin: the provider's name (letters, digits, _), e.g. ACME")
     parser.add_argument("--bind", type=parse_bind, default=("0.0.0.0", 3000), metavar="HOST:PORT",
                         help="address to listen on (default 0.0.0.0:3000)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    scaffold.add_arguments(parser.add_argument_group("new-plugin options"))
     return parser
+
+
+def _new_plugin(args: argparse.Namespace) -> None:
+    try:
+        files = scaffold.new_plugin(args.name, args.dir, onchain_id=args.onchain_id, base_url=args.base_url)
+    except scaffold.ScaffoldError as exc:
+        print(f"css-inference-service new-plugin: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    root = files[0].parent
+    print(f"wrote {root}/: " + ", ".join(str(path.relative_to(root)) for path in files))
+    local = str(root) if root.is_absolute() else f"./{root}"  # pip reads a bare name as a package on the index
+    print(f"next: pip install -e '{local}[test]' && pytest {local}  (see {root / 'README.md'})")
 
 
 def _redact(url: str) -> str:
@@ -127,6 +145,14 @@ def worker_app(settings: Settings | None = None, registry: Registry | None = Non
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    # writing a package needs neither the configuration nor the plugins: a broken .env must not stop it
+    if args.command == "new-plugin":
+        if args.name is None:
+            _parser().error("new-plugin needs the provider's NAME, e.g. new-plugin ACME")
+        _new_plugin(args)
+        return
+    if args.name is not None:
+        _parser().error(f"unexpected argument {args.name!r}: only new-plugin takes a NAME")
     # the environment's log format, until the settings (and .env) say
     log_format = "json" if os.environ.get("CSS_LOG_FORMAT", "").strip().lower() == "json" else "text"
     try:
