@@ -276,7 +276,9 @@ def test_ANTHROPIC_refusal_is_not_an_empty_output(double: ProviderDouble, url: s
     refusal = {"id": "msg_1", "type": "message", "role": "assistant", "model": MODEL, "content": [],
                "stop_reason": "refusal", "stop_sequence": None, "usage": {"input_tokens": 3, "output_tokens": 0}}
     replay_after(double, *[refusal] * 3)
-    assert_error(post_job(http, url, job(request())), 502, "stop_reason: refusal")
+    assert_error(post_job(http, url, job(request())), 502, "ANTHROPIC failed after 1 attempt(s)",
+                 "stop_reason: refusal")
+    assert len(double.requests) == 1  # another try would refuse too
 
 
 def test_ANTHROPIC_streamed_refusal_is_a_502_naming_it(double: ProviderDouble, url: str, http: httpx.Client) -> None:
@@ -284,7 +286,8 @@ def test_ANTHROPIC_streamed_refusal_is_a_502_naming_it(double: ProviderDouble, u
                    "usage": {"output_tokens": 0}}, "message_delta")
     replay_after(double, *[Stream([MESSAGE_START, delta, Event({"type": "message_stop"}, "message_stop")])] * 3)
     assert_error(post_job(http, url, job(request(), destination=STREAM)), 502,
-                 "ANTHROPIC failed after 3 attempt(s)", "ANTHROPIC answered no text (stop_reason: refusal)")
+                 "ANTHROPIC failed after 1 attempt(s)", "ANTHROPIC refused to answer (stop_reason: refusal)")
+    assert len(double.requests) == 1  # another try would refuse too
 
 
 def test_ANTHROPIC_has_no_embeddings(double: ProviderDouble, url: str, http: httpx.Client) -> None:

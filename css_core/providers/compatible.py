@@ -15,7 +15,8 @@ without `api_key_env` is called without an `Authorization` header (a local serve
 vLLM or Ollama). As for a plugin's provider, `<NAME>_BASE_URL` replaces `base_url` when set.
 
 `build_registry` registers one `CompatiblePlugin` per entry on the plugin manager, so each
-is served exactly like an installed plugin that speaks OpenAI's wire format.
+is served exactly like an installed plugin that speaks OpenAI's wire format, an answer
+without text included (an error naming why; see `openai_format.no_text`).
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ class CompatiblePlugin:
         return None
 
     @hookimpl
-    def css_postprocess(self, request: CSSRequest, body: bytes) -> Result | None:
+    def css_postprocess(self, request: CSSRequest, body: bytes) -> Result:
         if request.endpoint == "embeddings":
-            return openai_format.embeddings_result(body)
-        return openai_format.chat_result(body)
+            return openai_format.embeddings_result(body, self.spec.name)
+        return openai_format.chat_result(body, self.spec.name)
 
     @hookimpl
     def css_parse_stream_event(self, data: bytes) -> str | None:

@@ -154,8 +154,15 @@ def css_postprocess(spec: ProviderSpec, request: CSSRequest, body: bytes) -> Res
     let one of these escape: `msgspec.DecodeError` / `msgspec.ValidationError`, `KeyError`,
     `IndexError`, `ValueError` (which includes the standard library's `json.JSONDecodeError`):
     the attempt is then retried as an unreadable answer. Any other exception (a `TypeError`,
-    an `AttributeError`, ...) is a bug in the plugin: a 500 naming it, not retried. `None`:
-    the body holds no result, answered as a provider failure.
+    an `AttributeError`, ...) is a bug in the plugin: a 500 naming it, not retried.
+
+    A readable answer without deliverable text (no choices, an empty or null text, a
+    refusal, a blocked prompt) or an empty embedding: raise `ProviderBadResponse` naming the
+    provider's reason (its finish or stop reason, the refusal's words, "no choices"), as
+    `css_stream_without_text` does for a stream, so that both say the same. Pass
+    `retryable=False` when another try would answer the same (a refusal, a content filter, a
+    length stop, a tool call): the job then fails after one billable call. `None` (or "")
+    is not such an error: the core's 502 cannot say why ("the answer of X holds no result").
     """
 
 
@@ -178,10 +185,13 @@ def css_stream_without_text(spec: ProviderSpec, request: CSSRequest, events: lis
     """Say why a stream ended before any of its events carried text.
 
     Called once per such attempt, with the payloads of the stream's last events (up to 8,
-    in order), before the attempt fails and is retried like an unreadable answer. Raise
-    `ProviderBadResponse` naming the provider's reason (a finish reason, a refusal, thinking
-    that spent every output token): the job's error quotes it. `None` (no reason found):
-    the core's own message, "the stream ended without any text".
+    in order), before the attempt fails. Raise `ProviderBadResponse` naming the provider's
+    reason (a finish reason, a refusal, thinking that spent every output token), as
+    `css_postprocess` does for the same answer unstreamed: the job's error quotes it. The
+    attempt is retried unless you pass `retryable=False`, which a reason another try would
+    repeat (a refusal, a content filter, a length stop, a tool call) should. `None` (no
+    reason found, e.g. a stream cut before its end): the core's own message, "the stream
+    ended without any text", retried.
     """
 
 

@@ -2,6 +2,12 @@
 
 A plugin for an OpenAI-compatible provider (OpenAI itself, PerplexityAI, and most
 hosted or local model servers) builds on these instead of redefining the messages.
+
+An answer without text is an error naming why (`no_text`), streamed or not. It is retried
+only when another try could differ: a refusal, a content filter, a length stop or a tool
+call would come back the same, so it is not retried (a second call would be billed for
+nothing). No choices, or an empty text that ended normally (`stop`) or without a reason, is
+retried: the provider gave no cause that would repeat, and a new sample may hold text.
 """
 
 from __future__ import annotations
@@ -15,16 +21,26 @@ from css_core.types import CSSRequest, ProviderCall, Usage
 
 __all__ = (
     "chat_call", "chat_result", "chat_stream_text", "chat_stream_without_text", "embeddings_call",
-    "embeddings_result", "usage",
+    "embeddings_result", "no_text", "usage",
 )
+
+# The finish reasons another try would repeat, and what the caller can do about them
+_FINAL = {
+    "length": "the output token limit was spent before any text (a reasoning model thinks first): allow more tokens",
+    "content_filter": "the provider's content filter withheld the text",
+    "tool_calls": "the model asked to call a tool, which this service does not run",
+    "function_call": "the model asked to call a function, which this service does not run",
+}
 
 
 class _Message(msgspec.Struct):
     content: str | None = None
+    refusal: str | None = None
 
 
 class _Choice(msgspec.Struct):
     message: _Message
+    finish_reason: str | None = None
 
 
 class _ChatCompletion(msgspec.Struct):
@@ -33,6 +49,7 @@ class _ChatCompletion(msgspec.Struct):
 
 class _Delta(msgspec.Struct):
     content: str | None = None
+    refusal: str | None = None
 
 
 class _StreamChoice(msgspec.Struct):
@@ -83,9 +100,35 @@ def chat_call(request: CSSRequest, path: str = "/chat/completions", *, stream_us
     return ProviderCall(path, body)
 
 
-def chat_result(body: bytes) -> str | None:
-    """`choices[0].message.content` of a chat completion."""
-    return _chat.decode(body).choices[0].message.content
+def no_text(name: str, finish_reason: str | None = None, *, refusal: str | None = None,
+            no_choices: bool = False) -> ProviderBadResponse:
+    """The error for an answer of provider `name` without text, naming why: its `refusal`, its
+    `finish_reason`, or that it held `no_choices`.
+
+    A refusal and the finish reasons `length`, `content_filter`, `tool_calls` and
+    `function_call` are not retried (`retryable=False`): another try would answer the same.
+    Any other reason (`stop`, a server's own), none, or no choices at all is retried.
+    """
+    if refusal:
+        return ProviderBadResponse(f'{name} refused to answer ("{refusal}")', retryable=False)
+    if no_choices:
+        return ProviderBadResponse(f"{name} answered no text (no choices)")
+    said = f"{name} answered no text (finish_reason: {finish_reason or 'none'})"
+    if finish_reason in _FINAL:
+        return ProviderBadResponse(f"{said}; {_FINAL[finish_reason]}", retryable=False)
+    return ProviderBadResponse(said)
+
+
+def chat_result(body: bytes, name: str = "the provider") -> str:
+    """`choices[0].message.content` of a chat completion; without text, raises `no_text`
+    naming the provider `name` and why."""
+    choices = _chat.decode(body).choices
+    if not choices:
+        raise no_text(name, no_choices=True)
+    choice = choices[0]
+    if choice.message.content:
+        return choice.message.content
+    raise no_text(name, choice.finish_reason, refusal=choice.message.refusal)
 
 
 def chat_stream_text(data: bytes) -> str | None:
@@ -95,12 +138,15 @@ def chat_stream_text(data: bytes) -> str | None:
 
 
 def chat_stream_without_text(name: str, events: list[bytes]) -> None:
-    """Raise, naming the last `finish_reason`, for a chat-completion stream that carried no
-    text (`length`: reasoning spent every output token; `content_filter`; `tool_calls`)."""
-    for data in reversed(events):
-        choices = _chunk.decode(data).choices
-        if choices and (reason := choices[0].finish_reason):
-            raise ProviderBadResponse(f"{name} answered no text (finish_reason: {reason})")
+    """Raise `no_text` for a chat-completion stream that carried no text, given its last
+    events: naming its refusal (the `delta.refusal` pieces, so a long one by its end), its
+    last `finish_reason`, or that none of them held a choice. Return `None` when they name
+    no reason (a stream cut before its end)."""
+    choices = [choice for data in events for choice in _chunk.decode(data).choices[:1]]
+    refusal = "".join(choice.delta.refusal or "" for choice in choices)
+    reason = next((choice.finish_reason for choice in reversed(choices) if choice.finish_reason), None)
+    if refusal or reason or not choices:
+        raise no_text(name, reason, refusal=refusal, no_choices=not choices)
 
 
 def embeddings_call(request: CSSRequest, path: str = "/embeddings") -> ProviderCall:
@@ -108,9 +154,13 @@ def embeddings_call(request: CSSRequest, path: str = "/embeddings") -> ProviderC
     return ProviderCall(path, {"model": request.model, "input": request.input})
 
 
-def embeddings_result(body: bytes) -> list[float]:
-    """`data[0].embedding` of an embeddings answer."""
-    return _embeddings.decode(body).data[0].embedding
+def embeddings_result(body: bytes, name: str = "the provider") -> list[float]:
+    """`data[0].embedding` of an embeddings answer. An empty `data` raises
+    `ProviderBadResponse` naming the provider `name`; it is retried, as no reason is given."""
+    data = _embeddings.decode(body).data
+    if not data:
+        raise ProviderBadResponse(f"{name} answered no embedding (empty data)")
+    return data[0].embedding
 
 
 def usage(data: bytes) -> Usage | None:

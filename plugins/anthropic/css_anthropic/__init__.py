@@ -11,14 +11,17 @@ Completions: `POST /v1/messages` with `{model, max_tokens, system?, messages}`.
 - `max_tokens` is required: the job's `extra_args` value, else the operator's default
   (`CSS_INF_WORKFLOW_KW_ARGS`), else `ANTHROPIC_MAX_TOKENS` (default 1024).
 - The answer is a message whose `content` is a list of blocks; the text is the
-  concatenated `text` of the blocks of type `text`. A `refusal` with no text is an error.
+  concatenated `text` of the blocks of type `text`.
+- An answer without text, streamed or not, is an error naming its `stop_reason`. One that
+  another try would repeat is not retried: `refusal`, `max_tokens` (thinking spent every
+  output token), `model_context_window_exceeded`, `tool_use`, `pause_turn`. An empty
+  `end_turn` or `stop_sequence`, or none, is retried: a new sample may hold text.
 - Streamed (`"stream": true`), the answer is server-sent events named by their `type`:
   `message_start`, `content_block_start`, `ping`, `content_block_delta`,
   `content_block_stop`, `message_delta`, `message_stop`. The text is the `delta.text` of
   each `content_block_delta` whose `delta.type` is `text_delta`; an `error` event
   (`{"type": "error", "error": {"type": "overloaded_error", "message": ...}}`) ends it.
-  The stream ends by closing (no `[DONE]`). A stream without text is an error naming the
-  `stop_reason` of its `message_delta` (e.g. `refusal`).
+  The stream ends by closing (no `[DONE]`); its `stop_reason` is its `message_delta`'s.
 - Usage: the message's `usage` (`input_tokens`, `output_tokens`); streamed, the
   `message.usage` of `message_start` and the running `usage` of each `message_delta`.
 
@@ -47,6 +50,13 @@ MODELS = (
     "claude-opus-4-1", "claude-opus-4-0", "claude-sonnet-4-5", "claude-sonnet-4-0", "claude-haiku-4-5",
     "claude-3-7-sonnet-latest", "claude-3-5-haiku-latest",
 )
+# The stop reasons another try would repeat, and what the caller can do about them
+_FINAL = {
+    "max_tokens": "the output token limit was spent before any text (thinking counts): allow more max_tokens",
+    "model_context_window_exceeded": "the model's context window is full: send a shorter conversation",
+    "tool_use": "the model asked to call a tool, which this service does not run",
+    "pause_turn": "the model paused a long turn, which this service does not resume",
+}
 
 
 class _Block(msgspec.Struct):  # a content block, or an event's delta
@@ -123,13 +133,21 @@ def css_encode_params(request: CSSRequest) -> ProviderCall | None:
     return ProviderCall("/v1/messages", body)
 
 
+def _no_text(stop_reason: str | None) -> ProviderBadResponse:
+    if stop_reason == "refusal":
+        return ProviderBadResponse("ANTHROPIC refused to answer (stop_reason: refusal)", retryable=False)
+    said = f"ANTHROPIC answered no text (stop_reason: {stop_reason or 'none'})"
+    if stop_reason in _FINAL:
+        return ProviderBadResponse(f"{said}; {_FINAL[stop_reason]}", retryable=False)
+    return ProviderBadResponse(said)
+
+
 @hookimpl
 def css_postprocess(body: bytes) -> str:
     message = _message.decode(body)
-    text = "".join(block.text for block in message.content if block.type == "text")
-    if not text and message.stop_reason == "refusal":
-        raise ProviderBadResponse("ANTHROPIC refused to answer (stop_reason: refusal)")
-    return text
+    if text := "".join(block.text for block in message.content if block.type == "text"):
+        return text
+    raise _no_text(message.stop_reason)
 
 
 @hookimpl
@@ -147,7 +165,7 @@ def css_stream_without_text(events: list[bytes]) -> None:
     for data in reversed(events):
         event = _event.decode(data)
         if event.type == "message_delta" and event.delta is not None and event.delta.stop_reason:
-            raise ProviderBadResponse(f"ANTHROPIC answered no text (stop_reason: {event.delta.stop_reason})")
+            raise _no_text(event.delta.stop_reason)
 
 
 @hookimpl

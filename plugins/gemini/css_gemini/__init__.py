@@ -14,22 +14,26 @@ Completions: `POST /v1beta/models/{model}:generateContent` with
   `stopSequences` there (with any `generationConfig` given in `extra_args` over them);
   other options are top-level fields of the body.
 - The text is the concatenated `text` of `candidates[0].content.parts`, leaving out the
-  model's thoughts (`"thought": true`). An answer with no text is an error naming why: a
-  blocked prompt (`promptFeedback.blockReason`, no candidates) or a candidate stopped
-  with no text (`finishReason`, e.g. `SAFETY`).
+  model's thoughts (`"thought": true`). An answer with no text, streamed or not, is an
+  error naming why: a blocked prompt (`promptFeedback.blockReason`, no candidates), no
+  candidates, or a candidate stopped with no text (`finishReason`). A blocked prompt and
+  every `finishReason` but `STOP` and `OTHER` (`SAFETY`, `RECITATION`, `MAX_TOKENS` when
+  thoughts spent every output token, a tool call, ...) would come back the same and are
+  not retried; no candidates, or an empty `STOP` or `OTHER`, is retried.
 - Streamed: `POST /v1beta/models/{model}:streamGenerateContent?alt=sse` with the same
   body (Gemini refuses a `stream` field); each server-sent event's `data` is a response
   chunk of the same shape, and the stream ends by closing. A chunk may carry no text (the
   last one, with `finishReason: STOP`); one holding an `error` object, a `blockReason`, or
   a `finishReason` other than `STOP` / `MAX_TOKENS` without text ends the stream as failed.
-  A stream that ends without any text (thoughts that spent every output token) is an
-  error naming its last chunk's `finishReason`.
+  A stream that ends without any text is an error naming its last `finishReason` or
+  `blockReason`.
 
 Usage: `usageMetadata` of the answer (of each streamed chunk, a running total): input is
 `promptTokenCount`, output `candidatesTokenCount` plus the thoughts' `thoughtsTokenCount`.
 
 Embeddings: `POST /v1beta/models/{model}:embedContent` with
-`{"content": {"parts": [{"text": input}]}}`; the vector is `embedding.values`.
+`{"content": {"parts": [{"text": input}]}}`; the vector is `embedding.values` (empty: an
+error, retried).
 
 Errors are `{"error": {"code", "message", "status", "details": [...]}}`. A wrong key is a
 400 whose `ErrorInfo` detail has `reason: "API_KEY_INVALID"` (a 403 refuses the key too);
@@ -74,6 +78,8 @@ SPEC = ProviderSpec(
 # OpenAI-style options and their names in `generationConfig`
 _IN_CONFIG = {"temperature": "temperature", "top_p": "topP", "max_tokens": "maxOutputTokens", "stop": "stopSequences"}
 _DELAY = re.compile(r"(\d+(?:\.\d*)?)s")  # a `google.protobuf.Duration` in JSON, e.g. "7s", "1.5s"
+# finish reasons that name no cause another try would repeat
+_AGAIN = frozenset({"STOP", "OTHER", "FINISH_REASON_UNSPECIFIED"})
 
 
 class _Part(msgspec.Struct):
@@ -173,6 +179,24 @@ def css_encode_options(options: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _blocked(answer: _Response) -> str | None:
+    return answer.prompt_feedback.block_reason if answer.prompt_feedback is not None else None
+
+
+def _no_text(answer: _Response) -> ProviderBadResponse:
+    if blocked := _blocked(answer):
+        return ProviderBadResponse(f"GEMINI blocked the prompt (blockReason: {blocked})", retryable=False)
+    if not answer.candidates:
+        return ProviderBadResponse("GEMINI answered no text (no candidates)")
+    reason = answer.candidates[0].finish_reason
+    said = f"GEMINI answered no text (finishReason: {reason or 'none'})"
+    if reason is None or reason in _AGAIN:
+        return ProviderBadResponse(said)
+    if reason == "MAX_TOKENS":
+        said += "; the output token limit was spent before any text (thoughts count): allow more maxOutputTokens"
+    return ProviderBadResponse(said, retryable=False)
+
+
 def _text(body: bytes, streamed: bool) -> str | None:
     answer = _response.decode(body)
     if answer.error is not None:
@@ -180,17 +204,17 @@ def _text(body: bytes, streamed: bool) -> str | None:
     candidate = answer.candidates[0] if answer.candidates else _Candidate()
     if text := "".join(part.text for part in candidate.content.parts if not part.thought):
         return text
-    if answer.prompt_feedback is not None and answer.prompt_feedback.block_reason:
-        raise ProviderBadResponse(f"GEMINI blocked the prompt (blockReason: {answer.prompt_feedback.block_reason})")
-    if streamed and candidate.finish_reason in (None, "STOP", "MAX_TOKENS"):
+    if streamed and not _blocked(answer) and candidate.finish_reason in (None, "STOP", "MAX_TOKENS"):
         return None  # a chunk without text (usage, thoughts, the end)
-    raise ProviderBadResponse(f"GEMINI answered no text (finishReason: {candidate.finish_reason or 'none'})")
+    raise _no_text(answer)
 
 
 @hookimpl
 def css_postprocess(request: CSSRequest, body: bytes) -> Result | None:
     if request.endpoint == "embeddings":
-        return _embedding.decode(body).embedding.values
+        if values := _embedding.decode(body).embedding.values:
+            return values
+        raise ProviderBadResponse("GEMINI answered no embedding (no values)")
     return _text(body, streamed=False)
 
 
@@ -201,7 +225,12 @@ def css_parse_stream_event(data: bytes) -> str | None:
 
 @hookimpl
 def css_stream_without_text(events: list[bytes]) -> None:
-    _text(events[-1], streamed=False)  # no text: raises, naming the finishReason or blockReason
+    answers = [_response.decode(data) for data in events]
+    for answer in reversed(answers):  # the last chunk may hold only the usage
+        if _blocked(answer) or (answer.candidates and answer.candidates[0].finish_reason):
+            raise _no_text(answer)
+    if not any(answer.candidates for answer in answers):
+        raise _no_text(answers[-1])
 
 
 @hookimpl

@@ -2,8 +2,10 @@
 
 Completions: `POST /engines/{engine}/completions` `{"prompt": text}`; the text is
 `choices[0].text`, streamed or not. GooseAI completes one prompt, so a job must carry
-exactly one message. The answer's `usage` (`prompt_tokens`, `completion_tokens`), where
-GooseAI sends one, is its token count.
+exactly one message. An answer without text, streamed or not, is an error naming its
+`finish_reason` (the last one of a stream); OpenAI's rule decides whether another try
+could differ (`length` would not; see `openai_format.no_text`). The answer's `usage`
+(`prompt_tokens`, `completion_tokens`), where GooseAI sends one, is its token count.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ SPEC = ProviderSpec(
 
 class _Choice(msgspec.Struct):
     text: str | None = None
+    finish_reason: str | None = None
 
 
 class _Completion(msgspec.Struct):
@@ -59,14 +62,25 @@ def css_encode_params(request: CSSRequest) -> ProviderCall | None:
 
 
 @hookimpl
-def css_postprocess(body: bytes) -> str | None:
-    return _completion.decode(body).choices[0].text
+def css_postprocess(body: bytes) -> str:
+    choices = _completion.decode(body).choices
+    if choices and choices[0].text:
+        return choices[0].text
+    raise openai_format.no_text(SPEC.name, choices[0].finish_reason if choices else None, no_choices=not choices)
 
 
 @hookimpl
 def css_parse_stream_event(data: bytes) -> str | None:
     choices = _completion.decode(data).choices
     return choices[0].text if choices else None
+
+
+@hookimpl
+def css_stream_without_text(events: list[bytes]) -> None:
+    choices = [choice for data in events for choice in _completion.decode(data).choices[:1]]
+    reason = next((choice.finish_reason for choice in reversed(choices) if choice.finish_reason), None)
+    if reason or not choices:
+        raise openai_format.no_text(SPEC.name, reason, no_choices=not choices)
 
 
 @hookimpl

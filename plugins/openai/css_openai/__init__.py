@@ -1,10 +1,13 @@
 """OpenAI, as its API reference describes it.
 
 - Chat completions: `POST /chat/completions` `{model, messages}`; the text is
-  `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`. A
-  stream without text (a reasoning model out of tokens) is an error naming its
-  `finish_reason`.
-- Embeddings: `POST /embeddings` `{model, input}`; the vector is `data[0].embedding`.
+  `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`. An
+  answer without text, streamed or not, is an error naming its `message.refusal` or its
+  `finish_reason` (`length`: a reasoning model out of tokens; `content_filter`;
+  `tool_calls`), none of which another try would change: only an empty `stop`, or no
+  choices, is retried (see `openai_format.no_text`).
+- Embeddings: `POST /embeddings` `{model, input}`; the vector is `data[0].embedding` (an
+  empty `data` is an error).
 - Usage: `usage.prompt_tokens` / `usage.completion_tokens` of the answer; a stream asks for
   it with `stream_options.include_usage` and gets it in a last chunk with no choices.
 """
@@ -45,10 +48,10 @@ def css_encode_params(request: CSSRequest) -> ProviderCall | None:
 
 
 @hookimpl
-def css_postprocess(request: CSSRequest, body: bytes) -> Result | None:
+def css_postprocess(spec: ProviderSpec, request: CSSRequest, body: bytes) -> Result:
     if request.endpoint == "embeddings":
-        return openai_format.embeddings_result(body)
-    return openai_format.chat_result(body)
+        return openai_format.embeddings_result(body, spec.name)
+    return openai_format.chat_result(body, spec.name)
 
 
 @hookimpl

@@ -1,8 +1,9 @@
 """PerplexityAI, as its API reference describes it.
 
 Chat completions: `POST /chat/completions` `{model, messages}`, OpenAI's format; the text
-is `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`
-(a stream without text is an error naming its `finish_reason`). Its `usage`
+is `choices[0].message.content`, or, streamed, each event's `choices[0].delta.content`;
+an answer without text, streamed or not, is an error naming its `finish_reason`, retried
+only when another try could differ (see `openai_format.no_text`). Its `usage`
 (`prompt_tokens`, `completion_tokens`) comes with the answer, and with each streamed chunk
 unasked.
 """
@@ -39,8 +40,8 @@ def css_encode_params(request: CSSRequest) -> ProviderCall | None:
 
 
 @hookimpl
-def css_postprocess(body: bytes) -> str | None:
-    return openai_format.chat_result(body)
+def css_postprocess(spec: ProviderSpec, body: bytes) -> str:
+    return openai_format.chat_result(body, spec.name)
 
 
 @hookimpl
