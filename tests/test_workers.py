@@ -4,6 +4,7 @@ replacement. The service is started by its command line with 2 workers."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -107,3 +108,50 @@ def test_each_worker_slot_keeps_its_socket_at_start_on_a_death_and_on_a_restart(
     assert supervisor.sockets == [listeners[0]]  # outside a restart, each call moves the turn on ...
     supervisor.restart_all()
     assert handed == listeners  # ... and a restart starts again from the first slot
+
+
+class Worker:
+    """A worker process as uvicorn's supervisor checks it: alive, exited, or running without
+    answering its health check (which the supervisor then kills)."""
+
+    pids = iter(range(1001, 2000))
+
+    def __init__(self, config: object = None, sockets: list[socket.socket] | None = None, *,
+                 exitcode: int | None = None, answers: bool = True) -> None:
+        self.pid, self.sockets, self.exitcode, self.answers = next(Worker.pids), sockets, exitcode, answers
+        self.started = False
+
+    def is_alive(self, timeout: float = 5) -> bool:
+        return self.exitcode is None and self.answers
+
+    def kill(self) -> None:
+        if self.exitcode is None:
+            self.exitcode = -signal.SIGKILL
+
+    def join(self) -> None:
+        pass
+
+    def start(self) -> None:
+        self.started = True
+
+
+def test_a_dead_worker_is_logged_with_how_it_ended_and_its_replacement(
+    supervisor: Workers, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(multiprocess, "Process", Worker)
+    exited, crashed, hung = Worker(exitcode=1), Worker(exitcode=-signal.SIGSEGV), Worker(answers=False)
+    alive = Worker()
+    supervisor.processes[:] = [exited, crashed, hung]
+    supervisor.processes.append(alive)  # a fourth slot's worker, which serves: left as it is
+    supervisor.listeners.append(supervisor.listeners[0])
+    with caplog.at_level(logging.INFO, logger="css_core"):
+        supervisor.keep_subprocess_alive()
+    new = supervisor.processes
+    assert new[3] is alive and all(isinstance(w, Worker) and w.started for w in new[:3])
+    assert [w.sockets for w in new[:3]] == [[supervisor.listeners[slot]] for slot in range(3)]  # each its slot's
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"worker {exited.pid} died (exit code 1); replaced by worker {new[0].pid}",
+        f"worker {crashed.pid} died (signal SIGSEGV); replaced by worker {new[1].pid}",
+        f"worker {hung.pid} died (signal SIGKILL: it did not answer the supervisor's health check within 5 s); "
+        f"replaced by worker {new[2].pid}",
+    ]

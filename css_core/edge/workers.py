@@ -5,13 +5,15 @@ under a burst of long streams one worker takes more than its share of them. Here
 supervisor binds one socket per worker to the same address with `SO_REUSEPORT`, so the
 kernel spreads new connections evenly over the workers, and keeps every socket open, so a
 worker that dies leaves its queued connections to its replacement. The supervisor is
-uvicorn's own (restarts, signals, health checks); only which socket a worker serves differs.
+uvicorn's own (restarts, signals, health checks); only which socket a worker serves differs,
+and a worker that died is logged (WARNING) with how it ended and which worker replaced it.
 Where the platform has no `SO_REUSEPORT`, `serve` falls back to uvicorn's shared socket.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 from typing import Any
@@ -73,6 +75,32 @@ class Workers(Multiprocess):
     def restart_all(self) -> None:
         self._restarting = 0  # uvicorn replaces the workers in slot order
         super().restart_all()
+
+    def keep_subprocess_alive(self) -> None:
+        """uvicorn's check of every worker, which replaces one that exited, or kills and replaces one
+        that does not answer its health check, without a word at the service's log level: each
+        replacement is logged here, saying how the worker ended."""
+        before = [(process, process.exitcode is None) for process in self.processes]
+        super().keep_subprocess_alive()
+        for (old, running), new in zip(before, self.processes, strict=False):
+            if new is not old:
+                ended = _ended(old.exitcode)
+                if running and old.exitcode == -signal.SIGKILL:  # it was running when uvicorn checked it
+                    ended += (f": it did not answer the supervisor's health check within "
+                              f"{self.config.timeout_worker_healthcheck:g} s")
+                logger.warning("worker %s died (%s); replaced by worker %s", old.pid, ended, new.pid)
+
+
+def _ended(exitcode: int | None) -> str:
+    """How a process ended, from its exit code (negative: the signal that ended it)."""
+    if exitcode is None:
+        return "exit code unknown"
+    if exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
 
 
 def serve(app: str, host: str, port: int, workers: int, **options: Any) -> None:
