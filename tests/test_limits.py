@@ -220,12 +220,12 @@ def test_sigterm_finishes_the_jobs_in_flight_then_exits_0(
         wait_until(lambda: len(double.requests) == 1)
         time.sleep(0.2)
         service.process.send_signal(signal.SIGTERM)
-        stopped_at = time.monotonic()
         wait_until(lambda: refused_or_unanswered(service.url), timeout=1.5)
         assert not in_flight.done()  # new connections are refused while the job is still running
         response = in_flight.result(timeout=GRACE)
     assert response.status_code == 200, response.text
     assert response.json() == {"output": "Hello from gpt-4: finish me"}
     assert service.process.wait(timeout=GRACE) == 0
-    assert time.monotonic() - stopped_at < GRACE
+    # it stopped once the job was answered, not when the grace ran out (uvicorn then cancels what is left)
+    assert "graceful shutdown exceeded" not in service.stop()
     assert len(double.requests) == 1
