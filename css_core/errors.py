@@ -28,6 +28,11 @@ decides from them whether to retry, and turns what is left into the errors above
     ProviderHTTPError: a non-2xx answer (`retryable`, `key_refused`, `retry_after`)
     ProviderBadResponse: an unreadable answer, or one without a result (`retryable`)
     ProviderUnreachable: no connection, a dropped one, a read timeout
+
+Inside the relay of a stream whose answer has started, a signal, never an answer:
+
+    StreamCut: the provider's stream ended early; the relay raises it so that the server
+        aborts the response (the node sees a failed stream, not a short success)
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ __all__ = (
     "ProviderUnreachable",
     "ServiceBusy",
     "StoreUnavailable",
+    "StreamCut",
     "Unauthorized",
     "UnsupportedMediaType",
 )
@@ -192,3 +198,10 @@ class ProviderUnreachable(Exception):
 
     The message names the cause, and never holds a key.
     """
+
+
+class StreamCut(Exception):
+    """A stream was cut after its answer started (a dropped connection, an unreadable event, the
+    deadline). The relay raises it, from the cause, for the server to abort the response; the
+    cut is logged once where it is seen, so the server's own report of it is left out
+    (`css_core.operations.logs`)."""

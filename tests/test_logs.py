@@ -81,15 +81,18 @@ def test_json_lines_all_parse_and_name_the_request(
     assert set(ids) <= set(finished), finished
     for rid in ids:
         assert set(finished[rid]) >= JOB_LINE_FIELDS, finished[rid]
-        assert finished[rid]["level"] == "INFO"
         assert (finished[rid]["provider"], finished[rid]["model"]) == ("OPENAI", "gpt-4")
     assert [finished[rid]["status"] for rid in ids] == [200, 200, 502, 200]
+    assert [finished[rid]["level"] for rid in ids] == ["INFO", "INFO", "WARNING", "INFO"]  # a 5xx is a warning
     assert [finished[rid]["destination"] for rid in ids] == ["offchain", "offchain", "offchain", "stream"]
     assert finished[ids[2]]["error"] == "ProviderFailed"
+    assert finished[ids[2]]["reason"].startswith("OPENAI failed after 2 attempt(s)")
     refused = finished[bad.headers["x-request-id"]]
-    assert (refused["provider"], refused["status"]) == ("none", 400)
+    assert (refused["provider"], refused["status"], refused["error"]) == ("none", 400, "InvalidJob")
+    assert refused["reason"] == bad.json()["description"]  # what the answer said, logged on the job's line
     # one line per job, and the warnings logged while serving a job name it too
     assert sum(line["message"] == "job finished" for line in lines) == 5
+    assert not [line for line in lines if line["message"].startswith("job failed")]
     assert any(line.get("request_id") == ids[2] and line["level"] == "WARNING" for line in lines)
 
 
@@ -107,6 +110,81 @@ def test_text_lines_stay_as_they_were_with_one_line_per_job(
     (line,) = [line for line in output.splitlines() if "job finished" in line]
     assert re.match(r"^\S+ \S+ INFO css_core\.jobs: job finished request_id=text-1 provider=OPENAI "
                     r'model="a model\\nwith lines" endpoint=completions destination=offchain status=200 ', line), line
+
+
+FORGED = "1999-01-01 00:00:00,000 INFO css_core: forged"
+LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) [\w.]+: ")
+
+
+@needs_openai
+def test_a_job_value_cannot_forge_a_text_line_and_a_refused_job_is_one_line(
+    double: ProviderDouble, launch: Callable[..., Launched]
+) -> None:
+    service = launch(service_env(double, CSS_REQUEST_TRIES="1", CSS_FALLBACKS='{"OPENAI": ["OPENAI/gpt-4o"]}'),
+                     workers=1)
+    model = f"gpt-x\n{FORGED}\r\n{FORGED}\u2028{FORGED}\x85{FORGED}\x1b[2J"
+    with httpx.Client(timeout=15, trust_env=False) as http:
+        double.script(Fault.status(500))  # the job falls back: "OPENAI/<its model> failed; falling back to ..."
+        served = http.post(f"{service.url}/service_output", json=job(chat(model=model)),
+                           headers={"x-request-id": "forging"})
+        assert served.status_code == 200, served.text
+        refused = http.post(f"{service.url}/service_output", json=job(chat(provider="PERPLEXITYAI", model=model)),
+                            headers={"x-request-id": "refused"})
+        assert refused.status_code == 400, refused.text
+    output = service.stop()
+    lines = output.splitlines()  # Python's line breaks: \n, \r, \x85, \u2028 and more
+    forging = [line for line in lines if "forged" in line]
+    assert forging and all(LINE.match(line) for line in forging), output
+    assert not [line for line in lines if line.startswith("1999")], output
+    assert "\x1b" not in output
+    fell_back = [line for line in lines if "falling back to OPENAI/gpt-4o" in line]
+    assert len(fell_back) == 1 and fell_back[0].count("forged") == 4, fell_back
+    assert "\\n1999" in fell_back[0] and "\\u20281999" in fell_back[0] and "\\x851999" in fell_back[0]
+    # the refused job: one line, the `job finished` one, with its error's public name and reason
+    (line,) = [line for line in lines if "refused" in line]
+    assert re.match(r"\S+ \S+ INFO css_core\.jobs: job finished request_id=refused provider=PERPLEXITYAI ", line)
+    assert " status=400 " in line and " error=ProviderNotServed reason=" in line, line
+    assert "PERPLEXITYAI_API_KEY" in line and "=_" not in output and "job failed" not in output
+
+
+@needs_openai
+def test_a_stream_cut_midway_is_logged_once_without_a_traceback(
+    double: ProviderDouble, launch: Callable[..., Launched]
+) -> None:
+    service = launch(service_env(double), workers=1)
+    double.script(Fault.cut_stream(after_chunks=2))
+    # the response is aborted: no short success
+    with httpx.Client(timeout=15, trust_env=False) as http, pytest.raises(httpx.RemoteProtocolError), \
+            http.stream("POST", f"{service.url}/service_output", json=job(chat(), destination=STREAM),
+                        headers={"x-request-id": "cut"}) as response:
+        assert response.status_code == 200
+        for _ in response.iter_bytes():
+            pass
+    output = service.stop()
+    lines = output.splitlines()
+    cut = [line for line in lines if "stream ended after" in line]
+    assert len(cut) == 1 and "WARNING" in cut[0], output
+    assert "Exception in ASGI application" not in output and "Traceback" not in output, output
+    (finished,) = [line for line in lines if "job finished request_id=cut" in line]
+    assert " error=StreamCut reason=" in finished, finished
+
+
+def test_text_lines_escape_control_characters_but_keep_tracebacks() -> None:
+    formatter = TextFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord("x", logging.WARNING, __file__, 1, "falling back to %s",
+                               ("a\nb\tc\x1bd\u2028e\x85f\x7f",), None)
+    assert formatter.format(record) == "WARNING falling back to a\\nb\\tc\\x1bd\\u2028e\\x85f\\x7f"
+    plain = logging.LogRecord("x", logging.INFO, __file__, 1, "ünïcode stays as it is", None, None)
+    assert formatter.format(plain) == "INFO ünïcode stays as it is"
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        failed = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed\r\n%s", ("here",), sys.exc_info())
+    first, *rest = formatter.format(failed).splitlines()
+    assert first == "ERROR failed\\r\\nhere"
+    assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "ValueError: boom"
 
 
 def test_the_log_format_is_checked_at_start_up() -> None:
@@ -165,7 +243,7 @@ def test_every_answer_carries_its_request_id(service: Callable[..., str], http: 
         "400": http.post(f"{url}/service_output", json={"source": 9}, headers=auth),
         "200 job": http.post(f"{url}/service_output", json=job(chat()), headers=auth),
         "200 stream": http.post(f"{url}/service_output", json=job(chat(), destination=STREAM), headers=auth),
-        "200 index": http.get(f"{url}/"),
+        "200 index": http.get(f"{url}/", headers=auth),
         "200 health": http.get(f"{url}/health"),
         "200 metrics": http.get(f"{url}/metrics", headers=auth),
         "200 resources": http.get(f"{url}/service-resources", headers=auth),

@@ -7,6 +7,7 @@ directory of its own. Every scrape is parsed with prometheus_client's own parser
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from css_core.config import load_settings
 from css_core.operations.metrics import outcome_of
 from css_core.providers.registry import build_registry
-from css_core.testing import Fault, ProviderDouble
+from css_core.testing import Fault, ProviderDouble, ServiceServer
 from tests.conftest import (
     OFFCHAIN,
     ONCHAIN,
@@ -338,10 +341,36 @@ def test_the_overhead_is_a_small_part_of_a_slow_job(
     url = service()
     before = scrape(http, url)
     double.response_delay = 0.5
-    started = time.monotonic()
     assert post_job(http, url, job(chat())).status_code == 200
-    assert time.monotonic() - started >= 0.5
     seen = scrape(http, url)
     overhead = seen.value("css_overhead_seconds_sum") - before.value("css_overhead_seconds_sum")
     duration = seen.value("css_job_duration_seconds_sum") - before.value("css_job_duration_seconds_sum")
-    assert duration >= 0.5 and overhead < 0.25, (duration, overhead)
+    # the half second the provider took is the job's, not the service's overhead
+    assert duration >= 0.5 and 0 <= overhead <= duration - 0.5, (duration, overhead)
+
+
+def test_a_metrics_write_that_fails_never_fails_a_job_nor_holds_its_slot(
+    double: ProviderDouble, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = service_env(double, CSS_REQUEST_TRIES="1", CSS_FALLBACKS='{"OPENAI/gpt-4": ["OPENAI/gpt-4o"]}')
+    with ServiceServer(env) as server, httpx.Client(timeout=15, trust_env=False) as http:
+        (openai,) = [p for p in server.app.state.service.registry.providers if p.spec.name == "OPENAI"]
+
+        def full_disk(*_: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(MmapedDict, "write_value", full_disk)
+        with caplog.at_level(logging.INFO, logger="css_core"):
+            assert post_job(http, server.url, job(chat())).status_code == 200  # attempt, usage, finish
+            stream = post_job(http, server.url, job(chat("one two"), destination=STREAM))
+            assert stream.status_code == 200 and stream.text == "Hello from gpt-4: one two"
+            double.script(Fault.status(500))
+            fell_back = post_job(http, server.url, job(chat()))
+            assert fell_back.status_code == 200 and fell_back.headers["x-css-model"] == "gpt-4o"
+        assert openai.in_flight == 0
+        monkeypatch.undo()
+        assert scrape(http, server.url).value("css_in_flight", provider="OPENAI") == 0
+    failed = [r for r in caplog.records if "a metrics write failed" in r.getMessage()]
+    assert len(failed) == 1 and "No space left" in failed[0].getMessage(), caplog.text
+    finished = [r for r in caplog.records if r.getMessage() == "job finished"]
+    assert len(finished) == 3

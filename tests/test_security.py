@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 
 from css_core.config import Settings
 from css_core.errors import ProviderHTTPError
+from css_core.operations.logs import JOB_FIELDS
 from css_core.providers import openai_format
 from css_core.providers.hookspecs import hookimpl
 from css_core.providers.registry import plugin_manager
@@ -31,6 +32,7 @@ from tests.conftest import (
     service_env,
 )
 from tests.helpers import requires_plugin
+from tests.launching import launcher
 from tests.test_bad_input import CASES, MAX_BODY, MAX_MESSAGES, send
 
 pytestmark = requires_plugin("css_openai")
@@ -89,8 +91,19 @@ def test_the_token_is_checked_before_the_body_is_read(service: Callable[..., str
     assert_error(http.post(f"{url}/service_output", content=b"x" * 10_000), 401)
 
 
-def test_index_is_open_with_a_token_set(service: Callable[..., str], http: httpx.Client) -> None:
-    assert http.get(service(CSS_BEARER_TOKEN=TOKEN) + "/").status_code == 200
+@pytest.mark.parametrize("path", ["/", "/schema/openapi.json", "/schema", "/metrics"])
+def test_with_a_token_set_only_the_probes_are_open(service: Callable[..., str], http: httpx.Client, path: str) -> None:
+    url = service(CSS_BEARER_TOKEN=TOKEN)
+    assert_error(http.get(url + path), 401, "Authorization: Bearer")  # `/` shows the keys' counts
+    assert http.get(url + path, headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
+    for probe in ("/health", "/ready"):
+        assert http.get(url + probe).status_code == 200
+
+
+def test_the_schema_still_describes_every_route_with_the_token(service: Callable[..., str], http: httpx.Client) -> None:
+    url = service(CSS_BEARER_TOKEN=TOKEN)
+    schema = http.get(f"{url}/schema/openapi.json", headers={"authorization": f"Bearer {TOKEN}"}).json()
+    assert {"/", "/health", "/ready", "/metrics", "/service-resources", "/service_output"} <= set(schema["paths"])
 
 
 @pytest.mark.parametrize("path", GUARDED)
@@ -151,21 +164,28 @@ def leaks(text: str, secret: str, window: int = 8) -> list[str]:
     return [secret[i : i + window] for i in range(len(secret) - window + 1) if secret[i : i + window] in text]
 
 
+@pytest.fixture
+def launch_open_probes(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
+    """The command line, ready once `GET /health` answers (`GET /` needs the token)."""
+    with launcher(tmp_path) as start:
+        yield start
+
+
 def test_keys_never_leak_into_answers_or_logs(
-    double: ProviderDouble, launch: Callable[..., Launched], http: httpx.Client, tmp_path: Path
+    double: ProviderDouble, launch_open_probes: Callable[..., Launched], http: httpx.Client, tmp_path: Path
 ) -> None:
     double.api_key = LEAK_KEY
     env = service_env(double, OPENAI_API_KEY=LEAK_KEY, CSS_BEARER_TOKEN=TOKEN, CSS_REQUEST_TRIES=str(TRIES),
                       CSS_REQUEST_TIMEOUT="0.3", CSS_REQUEST_DELAY="0", CSS_MAX_MESSAGES=str(MAX_MESSAGES),
                       CSS_MAX_BODY_BYTES=str(MAX_BODY))
-    service = launch(env, workers=1)
+    service = launch_open_probes(env, workers=1)
     with httpx.Client(timeout=15, trust_env=False, headers={"authorization": f"Bearer {TOKEN}"}) as authorized:
         run = Scenario(service.url, double, authorized)
         fail_in_every_way(run)
     run.keep(http.get(f"{service.url}/service-resources"))  # no token
     listing = run_command("plugins", env=env, cwd=tmp_path)
     logs = service.stop()
-    assert "job failed" in logs and "retrying" in logs and "stream ended" in logs  # the failures were logged
+    assert "reason=" in logs and "retrying" in logs and "stream ended" in logs  # the failures were logged
     for secret in (LEAK_KEY, TOKEN):
         assert leaks(logs, secret) == [], logs
         assert leaks(listing.stdout + listing.stderr, secret) == []
@@ -280,9 +300,10 @@ def test_a_provider_error_echoing_the_key_read_by_a_plugin_leaks_nowhere(
             double.script(*faults)
             answers.append(response := post_job(http, url, acme_job()))
             assert response.status_code == status, response.text
-    assert "retrying" in caplog.text and "job failed" in caplog.text  # the provider's words were logged
+    reasons = [getattr(r, JOB_FIELDS).get("reason", "") for r in caplog.records if r.getMessage() == "job finished"]
+    assert "retrying" in caplog.text and any("is no good" in reason for reason in reasons)  # the provider's words
     assert all("is no good" in r.text for r in answers if r.status_code != 200)  # and passed on
-    for text in [caplog.text, *(f"{r.headers!r} {r.text}" for r in answers)]:
+    for text in [caplog.text, *reasons, *(f"{r.headers!r} {r.text}" for r in answers)]:
         assert leaks(text, LEAK_KEY) == [], text
 
 

@@ -1,8 +1,13 @@
 """The Litestar app of one worker: every route of the container's HTTP contract.
 
 Errors are answered in one place, the exception handlers below: every `CSSError` and every
-Litestar `HTTPException` becomes the `ErrorBody` JSON node users already parse. Every
-answer carries its request's id in `x-request-id` (`css_core.operations.request_id`).
+Litestar `HTTPException` becomes the `ErrorBody` JSON node users already parse; a job's error
+is logged by its record's one line (`css_core.operations.record`), not here. Every answer
+carries its request's id in `x-request-id` (`css_core.operations.request_id`).
+
+With `CSS_BEARER_TOKEN` set, every route but the probes (`/health`, `/ready`) requires it:
+`/` (it shows the keys' counts), the OpenAPI schema under `/schema`, `/metrics`,
+`/service-resources` and `/service_output`.
 """
 
 from __future__ import annotations
@@ -24,20 +29,20 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.types import Receive, Scope, Send
 
 from css_core import __version__
-from css_core.operations import request_id
-from css_core.operations.budget_store import open_budgets
 from css_core.config import Settings, load_settings
-from css_core.errors import CSSError, NotReady, Unauthorized
 from css_core.edge.health import Readiness
-from css_core.jobs.messages import ErrorBody, encode_json
-from css_core.operations.metrics import CONTENT_TYPE, Metrics
 from css_core.edge.openapi import JSON, JSON_OBJECT, document_service_output, errors
-from css_core.providers.registry import Registry, build_registry
-from css_core.providers.http import ProviderHTTP
-from css_core.operations.record import Recorder
 from css_core.edge.resources import SERVICE_ID, is_supported, service_resources
 from css_core.edge.service_output import ServiceOutput
+from css_core.errors import CSSError, Unauthorized
+from css_core.jobs.messages import ErrorBody, encode_json
 from css_core.jobs.pipeline import Pipeline
+from css_core.operations import request_id
+from css_core.operations.budget_store import open_budgets
+from css_core.operations.metrics import CONTENT_TYPE, Metrics
+from css_core.operations.record import Recorder
+from css_core.providers.http import ProviderHTTP
+from css_core.providers.registry import Registry, build_registry
 
 __all__ = ("Service", "bearer_guard", "create_app")
 
@@ -90,9 +95,6 @@ def _error(status: int, description: str, headers: dict[str, str] | None = None)
 
 
 def _css_error(_: Request[Any, Any, Any], exc: CSSError) -> Response[bytes]:
-    if not isinstance(exc, NotReady):  # a probe's answer, not a job's failure
-        logger.log(logging.WARNING if exc.status >= 500 else logging.INFO, "job failed (%d): %s", exc.status,
-                   exc.message)
     return _error(exc.status, exc.message, exc.headers)
 
 
@@ -129,7 +131,7 @@ def _service(request: Request[Any, Any, Any]) -> Service:
     return service
 
 
-@get("/", media_type=JSON, responses={200: JSON_OBJECT})
+@get("/", media_type=JSON, responses={200: JSON_OBJECT, **errors(401)})
 async def index(request: Request[Any, Any, Any]) -> Response[bytes]:
     return Response(_service(request).index, media_type=JSON)
 
@@ -205,15 +207,17 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
                 await service.close()
 
     guards = [bearer_guard(settings.bearer_token)] if settings.bearer_token else []
+    # Litestar serves the schema from the router it is given: the guard covers it too
+    schema = Router("/schema", route_handlers=[], guards=guards, include_in_schema=False)
     app = Litestar(
-        route_handlers=[index, health, ready,
-                        Router("/", route_handlers=[service_output, resources, metrics], guards=guards)],
+        route_handlers=[health, ready,
+                        Router("/", route_handlers=[index, service_output, resources, metrics], guards=guards)],
         request_max_body_size=settings.max_body_bytes,
         lifespan=[lifespan],
         exception_handlers={CSSError: _css_error, HTTPException: _http_error, Exception: _internal_error},
         before_send=[_answer_started],
         logging_config=None,
-        openapi_config=OpenAPIConfig(title=SERVICE_ID, version=__version__),
+        openapi_config=OpenAPIConfig(title=SERVICE_ID, version=__version__, openapi_router=schema),
     )
     document_service_output(app)
     return app

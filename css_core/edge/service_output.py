@@ -24,7 +24,13 @@ from urllib.parse import quote
 from litestar.exceptions import MethodNotAllowedException
 
 from css_core.config import Settings
-from css_core.errors import PayloadTooLarge, ProviderBadResponse, ProviderUnreachable, UnsupportedMediaType
+from css_core.errors import (
+    PayloadTooLarge,
+    ProviderBadResponse,
+    ProviderUnreachable,
+    StreamCut,
+    UnsupportedMediaType,
+)
 from css_core.jobs.messages import JobLocation
 from css_core.jobs.pipeline import Pipeline
 from css_core.jobs.streams import Streamed
@@ -193,7 +199,7 @@ async def _relay(streamed: Streamed, send: Send, served_by: tuple[tuple[bytes, b
                 await send({"type": "http.response.body", "body": text.encode(), "more_body": True})
     except (TimeoutError, ProviderBadResponse, ProviderUnreachable) as exc:
         streamed.cut(exc)
-        raise
+        raise StreamCut(f"{streamed.provider.spec.name} stream cut after {streamed.sent} chunk(s)") from exc
     finally:
         await streamed.aclose()
     await send({"type": "http.response.body", "body": b""})

@@ -7,6 +7,11 @@ uvicorn's. A JSON line has `time` (UTC, ISO 8601), `level`, `logger` and `messag
 logged while a job is served has its `request_id`; a job's own line (`job finished`,
 `css_core.operations.record`) has its fields too. Neither format ever holds a key, a message's
 content or a job's `extra_args`: the job's line holds names, numbers and statuses only.
+
+A text line is one line whatever a job sent: the control characters of its message and
+fields (line breaks included, Unicode's too) are shown escaped (`\\n`, `\\x1b`, `\\u2028`); only
+a traceback after it spans lines. A stream cut after its answer started is logged once, by
+the service (`StreamCut`): uvicorn's report of the same exception is dropped.
 """
 
 from __future__ import annotations
@@ -20,15 +25,19 @@ from typing import Any
 
 import msgspec
 
+from css_core.errors import StreamCut
 from css_core.operations import request_id
 
-__all__ = ("JOB_FIELDS", "JsonFormatter", "TextFormatter", "lean_records", "logging_config")
+__all__ = ("JOB_FIELDS", "JsonFormatter", "StreamCutFilter", "TextFormatter", "lean_records", "logging_config")
 
 #: the attribute of a log record holding a finished job's fields
 JOB_FIELDS = "css_job"
 _encode_json = msgspec.json.Encoder().encode
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _PLAIN = re.compile(r"[\w.:/@+-]*")  # a text value shown as is; any other is quoted
+# what would break a text line, or rewrite the terminal showing it: C0, DEL, C1's NEL, Unicode's line breaks
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -58,10 +67,16 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record)
         fields = getattr(record, JOB_FIELDS, None)
-        if not fields:
-            return line
-        shown = (f"{name}={_text(value)}" for name, value in fields.items())
-        return line + " " + " ".join(shown)
+        if fields:
+            line += " " + " ".join(f"{name}={_text(value)}" for name, value in fields.items())
+        # a job's values reach messages too (a model name in "falling back to ..."): a line break
+        # in one would start a forged line
+        return line if line.isprintable() else _CONTROL.sub(_escape, line)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
 
 
 def _text(value: object) -> str:
@@ -69,6 +84,24 @@ def _text(value: object) -> str:
         return str(value)  # a number
     # a job's model name may hold spaces or line breaks: quoted, it cannot fake another field or line
     return value if _PLAIN.fullmatch(value) else _encode_json(value).decode()
+
+
+class StreamCutFilter(logging.Filter):
+    """Drops uvicorn's "Exception in ASGI application" when the exception is a cut stream: the
+    relay raises `StreamCut` only so that the server aborts the response, and the cut is
+    logged already, with its cause."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None or not str(record.msg).startswith("Exception in ASGI application"):
+            return True
+        seen: set[int] = set()
+        while exc is not None and id(exc) not in seen:  # Litestar wraps it: "caught after response started"
+            if isinstance(exc, StreamCut):
+                return False
+            seen.add(id(exc))
+            exc = exc.__cause__ or exc.__context__
+        return True
 
 
 def lean_records() -> None:
@@ -95,4 +128,6 @@ def logging_config(log_format: str, level: str = "INFO") -> dict[str, Any]:
     config["handlers"]["css"] = {"class": "logging.StreamHandler", "formatter": "css", "stream": "ext://sys.stderr"}
     config["root"] = {"level": level, "handlers": ["css"]}
     config["loggers"]["httpx"] = {"level": "WARNING"}  # one line per provider call otherwise
+    config.setdefault("filters", {})["css_stream_cut"] = {"()": StreamCutFilter}
+    config["loggers"].setdefault("uvicorn.error", {})["filters"] = ["css_stream_cut"]
     return config

@@ -1,10 +1,11 @@
 """One job's record: what its metrics, its log line and its budgets need to know of it.
 
 `ServiceOutput` starts a `JobRecord` for each `POST /service_output`, tells it what it
-sees (the job, the workflow's call, the answer's status, the stream's chunks) and finishes
+sees (the job, the pipeline's call, the answer's status, the stream's chunks) and finishes
 it once the answer is sent: the job's metrics are then written and its one log line
-(`job finished`, INFO) is logged. What only the workflow sees, it reports to the record of
-the job its task serves, `current()`:
+(`job finished`: INFO, WARNING for a 5xx) is logged, naming the error the job ended with and
+its reason. The job pipeline holds the record in `Job.record` and tells it what only the
+pipeline sees:
 
 - `attempt(outcome, seconds)` after each provider attempt: `outcome` is `outcome_of(exc)`
   (`css_core.operations.metrics`), `seconds` the time spent waiting for the provider's answer (for a
@@ -16,23 +17,23 @@ the job its task serves, `current()`:
   counts the budgets covering it, raising `OverBudget` (429) or `StoreUnavailable` (503);
 - `await usage(input_tokens, output_tokens)` when an answer reports its usage.
 
-A task that serves no job (a test calling the workflow directly) gets a record that keeps
-nothing. Only `admit` raises on purpose; a failure to write the job's metrics when it
-finishes is logged, and does not change its answer.
+A record made without a `Recorder` (a test calling the pipeline directly) keeps nothing.
+Only `admit` raises on purpose. A metrics write never fails a job: a failed one (a full
+disk) is logged, once per worker, and the job goes on (its in-flight slots are freed all the
+same).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import MutableMapping
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from litestar.exceptions import HTTPException
 
+from css_core.errors import CSSError, InvalidJob, ProviderNotAvailable, ServiceBusy, StreamCut
 from css_core.operations import request_id
-from css_core.errors import CSSError, InvalidJob, ProviderNotAvailable, ServiceBusy
 from css_core.operations.logs import JOB_FIELDS
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ _GEN_AI_NAMES = {"OPENAI": "openai", "ANTHROPIC": "anthropic", "GEMINI": "gcp.ge
 # what a job ends with when no provider call was made for it: the requests it counted are given back
 _NEVER_SENT = (InvalidJob, ProviderNotAvailable, ServiceBusy)
 _SHOWN = 128  # a job's names are cut to this length in its log line
+_REASON_SHOWN = 1024  # ... and its error's message to this one
 _JOB_PATH = "/service_output"
 _RECORDED = "css.job_recorded"
 
@@ -91,6 +93,7 @@ class Recorder:
     def __init__(self, providers: Iterable[ServedProvider], metrics: Metrics | None = None,
                  budgets: Budgets | None = None) -> None:
         self.metrics = metrics
+        self.metrics_failed = False  # a metrics write failed: logged once, not again
         self.budgets = budgets if budgets is not None and budgets.active else None
         self.providers = {
             p.spec.name.upper(): _Provider(p.spec.name, _GEN_AI_NAMES.get(p.spec.name.upper(), p.spec.name.lower()),
@@ -128,23 +131,34 @@ class Recorder:
         if (metrics := self.metrics) is not None:
             try:
                 self._observe(metrics, record, duration, provider_seconds)
-            except Exception:  # the metrics' files (a full disk): the job has its answer all the same
-                logger.exception("the metrics of job %s were not written", record.request_id)
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("job finished", extra={JOB_FIELDS: record.fields(duration, provider_seconds)})
+            except Exception as exc:  # the job has its answer all the same
+                self.metrics_write_failed(exc)
+        level = logging.WARNING if record.status >= 500 else logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(level, "job finished", extra={JOB_FIELDS: record.fields(duration, provider_seconds)})
         if (budgets := self.budgets) is not None and record.slots and record.attempts == 0 \
                 and isinstance(record.error, _NEVER_SENT):
             await budgets.refund(record.slots)
 
+    def metrics_write_failed(self, exc: Exception) -> None:
+        """A metrics write raised (its file: a full disk, an unmapped file): logged the first time only,
+        as the next job's writes would fail the same way."""
+        if not self.metrics_failed:
+            self.metrics_failed = True
+            logger.error("a metrics write failed (%s): this worker's metrics miss what it could not write; "
+                         "further failures are not logged", exc, exc_info=exc)
+
     @staticmethod
     def _observe(metrics: Metrics, record: JobRecord, duration: float, provider_seconds: float) -> None:
-        provider = record.provider
+        provider, in_flight = record.provider, record.in_flight
+        if in_flight is not None:  # first: a later write that fails must not leave the job counted in
+            record.in_flight = None
+            in_flight.add(-1.0)
         metrics.jobs.series(provider.name, record.model, record.endpoint, record.destination,
                             str(record.status)).add(1.0)
         metrics.job_seconds.histogram(provider.name, record.endpoint, record.destination).observe(duration)
         metrics.overhead.observe(max(0.0, duration - provider_seconds - record.waited_seconds))
-        if record.in_flight is not None:
-            record.in_flight.add(-1.0)
+        if in_flight is not None:
             target = record.target
             metrics.gen_ai_seconds.histogram(target.gen_ai_name, record.target_model_label(),
                                              _OPERATIONS.get(record.endpoint, record.endpoint),
@@ -201,8 +215,13 @@ class JobRecord:
         """The job is handed to the workflow."""
         recorder = self._recorder
         if recorder is not None and recorder.metrics is not None and self.provider is not _NONE:
-            self.in_flight = recorder.metrics.in_flight.series(self.provider.name)
-            self.in_flight.add(1.0)
+            try:
+                in_flight = recorder.metrics.in_flight.series(self.provider.name)
+                in_flight.add(1.0)
+            except Exception as exc:  # not counted in, so not counted out when it finishes
+                recorder.metrics_write_failed(exc)
+            else:
+                self.in_flight = in_flight
 
     def served(self, provider: str, model: str) -> None:
         """Who answered: the job's own provider and model, or a fallback's."""
@@ -215,7 +234,10 @@ class JobRecord:
         self.first_chunk = _clock() - self.started
         recorder = self._recorder
         if recorder is not None and recorder.metrics is not None:
-            recorder.metrics.first_chunk.histogram(self.target.name).observe(self.first_chunk)
+            try:
+                recorder.metrics.first_chunk.histogram(self.target.name).observe(self.first_chunk)
+            except Exception as exc:
+                recorder.metrics_write_failed(exc)
 
     def failed(self, exc: BaseException) -> None:
         """The job ended with `exc`; its status is the one its answer is sent with, unless one was sent already."""
@@ -238,7 +260,10 @@ class JobRecord:
         self.provider_seconds += seconds
         recorder = self._recorder
         if recorder is not None and recorder.metrics is not None:
-            recorder.metrics.attempts.series(self.target.name, outcome).add(1.0)
+            try:
+                recorder.metrics.attempts.series(self.target.name, outcome).add(1.0)
+            except Exception as exc:  # raised here, it would end the attempt's answer (and hold a stream's slot)
+                recorder.metrics_write_failed(exc)
 
     def waited(self, seconds: float) -> None:
         """The job waited `seconds` between attempts (a retry's wait, a cooling key's)."""
@@ -254,7 +279,10 @@ class JobRecord:
         if to_model is not None:
             self.target_model = to_model
         if recorder.metrics is not None:
-            recorder.metrics.fallbacks.series(source.name, target.name).add(1.0)
+            try:
+                recorder.metrics.fallbacks.series(source.name, target.name).add(1.0)
+            except Exception as exc:
+                recorder.metrics_write_failed(exc)
 
     async def admit(self, provider: str, model: str) -> None:
         """Before the first attempt at (`provider`, `model`): check the budgets covering it, and count
@@ -275,8 +303,11 @@ class JobRecord:
         if recorder.metrics is not None:
             tokens = recorder.metrics.gen_ai_tokens
             model, operation = self.target_model_label(), _OPERATIONS.get(self.endpoint, self.endpoint)
-            tokens.histogram(target.gen_ai_name, model, operation, "input").observe(input_tokens)
-            tokens.histogram(target.gen_ai_name, model, operation, "output").observe(output_tokens)
+            try:
+                tokens.histogram(target.gen_ai_name, model, operation, "input").observe(input_tokens)
+                tokens.histogram(target.gen_ai_name, model, operation, "output").observe(output_tokens)
+            except Exception as exc:  # the tokens are still counted in the budgets below
+                recorder.metrics_write_failed(exc)
         if recorder.budgets is not None and target is not _NONE:
             await recorder.budgets.add_tokens(target.name, self.target_model, input_tokens + output_tokens)
 
@@ -295,7 +326,7 @@ class JobRecord:
         if error is None:
             return ""
         # the service's own classes (a bounded set); anything else is the conventions' catch-all
-        return type(error).__name__ if isinstance(error, (CSSError, HTTPException, ClientLeft)) else "_OTHER"
+        return type(error).__name__ if isinstance(error, _OWN_ERRORS) else "_OTHER"
 
     def fields(self, duration: float, provider_seconds: float) -> dict[str, Any]:
         """The job's log fields: names, numbers and statuses, never its messages or options."""
@@ -316,9 +347,35 @@ class JobRecord:
             fields["first_chunk_ms"] = round(self.first_chunk * 1000, 2)
         if self.input_tokens or self.output_tokens:
             fields["input_tokens"], fields["output_tokens"] = self.input_tokens, self.output_tokens
-        if self.error is not None:
-            fields["error"] = type(self.error).__name__
+        if (error := self.error) is not None:
+            fields["error"] = _public_name(type(error))
+            if reason := _reason(error):
+                fields["reason"] = reason
         return fields
+
+
+# the errors whose class names a job's metrics show, and whose messages its log line shows: the
+# service's own, which never hold a key
+_OWN_ERRORS = (CSSError, HTTPException, ClientLeft, StreamCut)
+
+
+def _public_name(kind: type[BaseException]) -> str:
+    """The name of `kind`, or of its first public base: a log line names no private class."""
+    return next(cls.__name__ for cls in kind.__mro__ if not cls.__name__.startswith("_"))
+
+
+def _reason(error: BaseException) -> str:
+    """The message of one of the service's own errors, the description its answer carried; nothing
+    of another (an unexpected error's message may hold anything)."""
+    if isinstance(error, CSSError):
+        text = error.message
+    elif isinstance(error, HTTPException):
+        text = error.detail
+    elif isinstance(error, StreamCut):
+        text = str(error)
+    else:
+        return ""
+    return text if len(text) <= _REASON_SHOWN else text[:_REASON_SHOWN] + "…"
 
 
 def _cut(text: str) -> str:
