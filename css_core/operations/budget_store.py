@@ -27,8 +27,8 @@ from css_core.errors import ConfigError, StoreUnavailable
 from css_core.operations.budgets import Budgets, Slot
 
 if TYPE_CHECKING:
-    from css_core.operations.budgets import Store
     from css_core.config import Settings
+    from css_core.operations.budgets import Store
 
 __all__ = ("RedisStore", "SQLiteStore", "check_store", "open_budgets", "open_store")
 
