@@ -177,6 +177,7 @@ PLUGIN_TESTS = {
     "goose": ["tests/test_providers.py", "-k", "GOOSEAI"],
     "anthropic": ["tests/test_anthropic.py"],
     "gemini": ["tests/test_gemini.py"],
+    "azure": ["tests/test_azure.py"],
 }
 
 

@@ -26,7 +26,7 @@ __all__ = ("Hooks", "PluginInfo", "Provider", "Registry", "build_registry", "plu
 
 logger = logging.getLogger("css_core")
 # the on-chain ids of the providers this project ships, to name one whose plugin is missing
-_SHIPPED_PROVIDERS = {0: "OPENAI", 1: "GOOSEAI", 2: "PERPLEXITYAI", 3: "ANTHROPIC", 4: "GEMINI"}
+_SHIPPED_PROVIDERS = {0: "OPENAI", 1: "GOOSEAI", 2: "PERPLEXITYAI", 3: "ANTHROPIC", 4: "GEMINI", 5: "AZURE"}
 
 
 _IN_CODE = "(registered in code)"

@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from css_core.testing.anthropic_api import anthropic_error, anthropic_routes
+from css_core.testing.azure_api import azure_content_filter, azure_error, azure_routes
 from css_core.testing.double import ProviderDouble
 from css_core.testing.faults import Fault
 from css_core.testing.gemini_api import gemini_error, gemini_key_invalid, gemini_routes
@@ -50,6 +51,9 @@ __all__ = (
     "Stream",
     "anthropic_error",
     "anthropic_routes",
+    "azure_content_filter",
+    "azure_error",
+    "azure_routes",
     "build_app",
     "css_service",
     "gemini_error",
