@@ -255,10 +255,11 @@ def scaffold(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS[0], default=False)
 def bench(session: nox.Session) -> None:
-    """The benchmark (bench/run.py; bench/README.md says how long it runs): DIRECT vs the service, one table.
+    """The benchmark (bench/run.py; bench/README.md says how long it runs): the service, the floor and DIRECT.
 
     Needs wrk and taskset on PATH (Debian: apt-get install -y wrk util-linux); arguments after
-    `--` go to run.py, e.g. `nox -s bench -- --quick`. Not run by a bare `nox`.
+    `--` go to run.py, e.g. `nox -s bench -- --quick`, or to another of bench/'s scripts when
+    they start with its name (`nox -s bench -- micro.py --conc 16`). Not run by a bare `nox`.
     """
     for tool, package in (("wrk", "wrk"), ("taskset", "util-linux")):
         if shutil.which(tool) is None:
@@ -267,7 +268,12 @@ def bench(session: nox.Session) -> None:
     # would keep more memory (bench/RESULTS.md)
     compile_bytecode = ["--compile-bytecode"] if session.venv_backend == "uv" else []
     _install(session, [ROOT, ROOT / "plugins" / "openai"], [], *compile_bytecode)
-    session.run("python", "bench/run.py", *session.posargs)
+    # measured against httpx-aiohttp (the service-pyreqwest column, micro.py's transport cases) and
+    # the profiler of profile.py: the bench's own tools, never the service's dependencies
+    session.install("pyreqwest==0.15.1", "py-spy==0.4.3")
+    args = list(session.posargs)
+    script = args.pop(0) if args and args[0] in ("run.py", "micro.py", "profile.py", "fake_provider.py") else "run.py"
+    session.run("python", f"bench/{script}", *args)
 
 
 _INSTALLED = "import json, importlib.metadata as m; print(json.dumps({d.name: d.version for d in m.distributions()}))"

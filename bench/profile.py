@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run
+import harness as run
 
 # a frame "belongs" to the first of these whose marker is in its file path
 COMPONENTS = [

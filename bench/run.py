@@ -1,34 +1,40 @@
-"""The benchmark of css-inference-service against a fast fake OpenAI provider.
+"""The benchmark of css-inference-service: the service, the floor and DIRECT, in one run, one table.
 
-    python bench/run.py [--rounds 2] [--quick] [--duration 5] [--workers 1,2] [--json out.json]
+    python bench/run.py [--quick] [--rounds 2] [--all] [--only ROWS] [--columns service,floor,...]
 
-One run measures DIRECT (the load generator straight at the fake provider, OpenAI request
-shape) and the service started by its own command line (`css-inference-service
---bind=127.0.0.1:PORT --workers=N`, `OPENAI_BASE_URL` pointed at the fake) with off-chain
-completion jobs, for every row below, in `--rounds` rounds, and prints one markdown table
-of medians (min-max over the rounds), with the targets of issues 9 and 13 and whether each is met.
+One run measures, row by row and in `--rounds` rounds, DIRECT (the load generator straight
+at a fast fake OpenAI provider, bench/fake_provider.py, with the request the service would
+send) and each column (`--columns`), every one a server started fresh for each group of
+rows with the same worker count (`--workers`, 2) and the same server and flags:
 
-- latency at concurrency 1, provider 0 ms (wrk -c1 -t1: wrk's percentiles are exact
-  microseconds, so it is tight enough; the client adds no Python overhead);
-- throughput and latency at concurrency 32 and 256, provider 0 ms and 50 ms (wrk -t1);
-- CPU time per request: utime+stime of the service's processes (the master and every
-  worker, from /proc/<pid>/stat) over the row, divided by the requests completed;
-- peak RSS (VmHWM) of each worker, at the end of each service instance;
-- streams of 64 chunks 5 ms apart at concurrency 1 and 16 (bench/client.py: streams/s,
-  time to first byte, gaps between chunks as they arrive);
-- RSS of the worker after 100,000 requests against after 1,000 (one worker);
-- LLM-like streams (issue 13): N = 100, 400, 1,000 streams open at once, each of 100 chunks
-  20 ms apart (`llm100`, `llm400`, `llm1000`; `--llm-n`, `--llm-chunks`, `--llm-gap-ms`),
-  from K client processes (bench/client.py, samples merged), against a fake provider of
-  `--llm-fake-procs` processes: streams/s, time to first byte, the gaps between chunks,
-  service CPU per relayed chunk, and RSS per open stream (the workers' RSS with N streams
-  open minus before, / N). DIRECT is measured alone first at the largest N, with 1, 2, ...
-  client processes until it keeps up (`--llm-clients auto`), and its ceiling is printed;
-- errors (non-2xx, socket errors, wrong stream text) for every row; a row with errors is
-  flagged.
+- `service`: its own command line (`css-inference-service --bind=127.0.0.1:PORT
+  --workers=N`, `OPENAI_BASE_URL` pointed at the fake provider), or `--server`;
+- `floor`: the design card's stack with no service code (bench/variants.py `floor_app`:
+  raw ASGI, msgspec, an `httpx.Request` through the httpx-aiohttp transport), served by
+  bench/serve.py with the command line's server and flags;
+- `floor-aiohttp`: the previous floor (`minimal_app`: raw ASGI, msgspec, aiohttp alone);
+- `service-pyreqwest`: the service with its provider calls through pyreqwest's httpx
+  transport (`service_pyreqwest_app`; needs `pyreqwest` installed).
 
-The machine has 2 cores shared by the load generator, the fake provider and the service,
-and possibly by other people's work: before each row the runner waits (up to
+It prints one markdown table: issue 18's targets first (the service against the floor,
+marked met or missed), then every other row measured. Rows (`--only` keys):
+
+- `c32_0`, `c256_50`: wrk at concurrency 32 with a 0 ms provider, 256 with 50 ms: req/s,
+  latency, and CPU per request (utime+stime of the server's processes from /proc, master
+  and workers, over the row / requests answered). Issue 18: CPU per request ≤ 1.3x the
+  floor's at both; req/s at c256 with 50 ms ≥ 0.9x the floor's.
+- `llm100`: 100 streams open at once, each of 100 chunks 20 ms apart (`--llm-*`): streams/s,
+  time to first byte, gaps between chunks, CPU per relayed chunk (the server's CPU over the
+  row / chunks received). Issue 18: ≤ 1.15x the floor's per chunk.
+- `record`: bench/micro.py's `record-metrics-log` in-process (one job's record, its metrics
+  and its `job finished` line through the text formatter; no budget): CPU µs per job, the
+  median of `--record-runs` runs. Issue 18: ≤ 20 µs.
+- with `--all` (or by key): `c1_0`, `c256_0`, `c32_50` (wrk), `s1`, `s16` (streams of 64
+  chunks 5 ms apart, bench/client.py), `llm400`, `llm1000`, and the memory row (RSS of one
+  service worker after 1,000 and after `--mem-requests` requests).
+
+The machine has 2 cores shared by the load generator, the fake provider and the server
+under test, and possibly by other people's work: before each row the runner waits (up to
 `--quiet-timeout`) until the rest of the machine is idle, measures the CPU the rest of the
 machine used during the row ("foreign load") and flags rows where it passed
 `--noisy-cores`. Pinning is set with `--pin-load`, `--pin-fake`, `--pin-service`.
@@ -40,12 +46,8 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import resource
 import shlex
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,225 +57,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-BIN = Path(sys.executable).parent
-TICK = os.sysconf("SC_CLK_TCK")
-TIMES, DASH = "\u00d7", "\u2013"  # multiplication sign, en dash (for the table)
-DEFAULT_SERVER = "css-inference-service --bind=127.0.0.1:{port} --workers={workers}"
-GRANIAN_SERVER = (
-    "granian --interface asgi --factory {app} --host 127.0.0.1 --port {port} "
-    "--workers {workers} --loop uvloop --http 1 --no-ws --log-level warning"
+from harness import (
+    BENCH,
+    BIN,
+    COLUMNS,
+    DEFAULT_SERVER,
+    TICK,
+    Server,
+    children_ticks,
+    cpu_ticks,
+    free_port,
+    pinned,
+    run_client,
+    run_wrk,
+    server_command,
+    status_kb,
+    system_busy_ticks,
 )
-UVICORN_SERVER = (
-    "uvicorn {app} --factory --host 127.0.0.1 --port {port} --workers {workers} --log-level warning "
-    "--no-access-log --loop uvloop --http httptools"
-)
-
-
-def server_command(spec: str) -> tuple[str, dict[str, str]]:
-    """`--server`: a command template, or `granian`, `granian:VARIANT`, `uvicorn:VARIANT`.
-
-    VARIANT is a factory of bench/variants.py (e.g. minimal_app); bench/ is then put on
-    PYTHONPATH for the service.
-    """
-    env: dict[str, str] = {}
-    if spec == "granian":
-        return GRANIAN_SERVER.replace("{app}", "css_core.edge.app:create_app"), env
-    for name, template in (("granian:", GRANIAN_SERVER), ("uvicorn:", UVICORN_SERVER)):
-        if spec.startswith(name):
-            env["PYTHONPATH"] = str(BENCH)
-            return template.replace("{app}", "variants:" + spec[len(name):]), env
-    return spec, env
-
-
-# ---------------------------------------------------------------------------------------------
-# /proc accounting
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rfind(")") + 2 :].split()  # fields from the 3rd (state) on
-
-
-def cpu_ticks(pids: list[int]) -> int:
-    """utime + stime of these processes, in clock ticks."""
-    total = 0
-    for pid in pids:
-        f = _stat_fields(pid)
-        if f:
-            total += int(f[11]) + int(f[12])  # fields 14, 15 of stat
-    return total
-
-
-def descendants(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            f = _stat_fields(int(entry))
-            if f:
-                parents[int(entry)] = int(f[1])
-    found, frontier = [], [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == pid]
-        found.extend(kids)
-        frontier.extend(kids)
-    return found
-
-
-def status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def system_busy_ticks() -> int:
-    """user + nice + system of all CPUs (irq/softirq left out: loopback traffic lands there)."""
-    with open("/proc/stat") as f:
-        parts = f.readline().split()
-    return int(parts[1]) + int(parts[2]) + int(parts[3])
-
-
-def children_ticks() -> int:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return round((r.ru_utime + r.ru_stime) * TICK)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get_ok(port: int, path: str = "/") -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".encode())
-            return s.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
-
-
-def pinned(cpus: str, cmd: list[str]) -> list[str]:
-    return ["taskset", "-c", cpus, *cmd] if cpus else cmd
-
-
-# ---------------------------------------------------------------------------------------------
-# processes under test
-
-
-class Server:
-    """A process group started by the runner (the fake provider or the service)."""
-
-    def __init__(self, cmd: list[str], port: int, env: dict[str, str] | None = None, name: str = "") -> None:
-        self.cmd, self.port, self.name = cmd, port, name
-        self.cwd = tempfile.mkdtemp(prefix="css-bench-")  # no stray .env is read
-        self.log = open(Path(self.cwd) / "server.log", "w+b")  # noqa: SIM115
-        self.proc = subprocess.Popen(cmd, env=env, cwd=self.cwd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self.hwm_kb: dict[int, int] = {}
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
-            if http_get_ok(self.port):
-                return
-            time.sleep(0.1)
-        raise SystemExit(f"{self.name} did not answer GET / within {timeout} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
-
-    def pids(self) -> list[int]:
-        return [self.proc.pid, *descendants(self.proc.pid)]
-
-    def workers(self) -> list[int]:
-        kids = [p for p in descendants(self.proc.pid) if "resource_tracker" not in cmdline(p)]
-        return kids or [self.proc.pid]
-
-    def ticks(self) -> int:
-        return cpu_ticks(self.pids())
-
-    def note_hwm(self) -> None:
-        for pid in self.workers():
-            self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), status_kb(pid, "VmHWM"))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        with contextlib.suppress(ProcessLookupError):  # leftovers of this group only
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
-
-
-# ---------------------------------------------------------------------------------------------
-# load generators
-
-
-def run_wrk(args: argparse.Namespace, url: str, mode: str, conc: int, duration: float) -> dict[str, Any]:
-    seconds = f"-d{max(1, round(duration))}s"
-    cmd = pinned(args.pin_load, ["wrk", "-t1", f"-c{conc}", seconds, "--timeout", "10s", "--latency",
-                                 "-s", str(BENCH / "post.lua"), url, "--", mode])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    line = next((ln for ln in out.splitlines() if ln.startswith("BENCH_JSON ")), None)
-    if line is None:
-        raise SystemExit(f"wrk printed no result:\n{out}")
-    r = json.loads(line[len("BENCH_JSON ") :])
-    r["no_response"] = int(r["requests"] == 0)  # nothing answered within the row: an error too
-    errors = r["connect"] + r["read"] + r["write"] + r["timeout"] + r["no_response"]
-    return {
-        "completed": r["requests"] - r["status"], "requests": r["requests"],
-        "rate": r["requests"] / (r["duration_us"] / 1e6),
-        "p50_ms": r["pct"]["50"] / 1000, "p99_ms": r["pct"]["99"] / 1000, "p90_ms": r["pct"]["90"] / 1000,
-        "min_ms": r["lat_min"] / 1000, "errors": errors + r["status"],
-        "error_detail": {k: r[k] for k in ("connect", "read", "write", "timeout", "status", "no_response") if r[k]},
-    }
-
-
-def run_client(args: argparse.Namespace, kind: str, url: str, mode: str, conc: int, *, duration: float = 0,
-               requests: int = 0) -> dict[str, Any]:
-    cmd = [sys.executable, str(BENCH / "client.py"), kind, "--url", url, "--mode", mode, "--conc", str(conc),
-           "--chunks", str(args.chunks)]
-    cmd += ["--duration", str(duration)] if duration else ["--requests", str(requests)]
-    out = subprocess.run(pinned(args.pin_load, cmd), capture_output=True, text=True, check=True).stdout
-    r = json.loads(out.strip().splitlines()[-1])
-    r["errors"]["no_response"] = int(r["completed"] == 0 and not any(r["errors"].values()))
-    errors = sum(r["errors"].values())
-    result = {"completed": r["completed"], "requests": r["completed"] + errors, "rate": r["rate"],
-              "errors": errors, "error_detail": {k: v for k, v in r["errors"].items() if v},
-              "p50_ms": r["latency_ms"]["p50"], "p99_ms": r["latency_ms"]["p99"]}
-    if kind == "stream":
-        result.update(ttfb_p50_ms=r["ttfb_ms"]["p50"], ttfb_p99_ms=r["ttfb_ms"]["p99"],
-                      gap_p10_ms=r["gap_ms"]["p10"], gap_p50_ms=r["gap_ms"]["p50"], gap_p90_ms=r["gap_ms"]["p90"],
-                      gap_under_1ms=r["gap_ms"]["share_under_1ms"], span_ms=r["span_ms_p50"])
-    return result
-
+from table import Table, header, llm_ceiling_lines, pct
 
 # ---------------------------------------------------------------------------------------------
 # rows
@@ -282,7 +83,7 @@ def run_client(args: argparse.Namespace, kind: str, url: str, mode: str, conc: i
 @dataclass(frozen=True)
 class Row:
     key: str
-    kind: str  # "wrk", "stream" or "llm"
+    kind: str  # "wrk", "stream", "llm" or "micro"
     conc: int
     latency_ms: int
 
@@ -296,6 +97,8 @@ ROWS = [
     Row("s1", "stream", 1, 0),
     Row("s16", "stream", 16, 0),
 ]
+RECORD = Row("record", "micro", 1, 0)
+TARGET_ROWS = ("c32_0", "c256_50", "llm100", "record")  # issue 18's, the default
 LLM_N = "100,400,1000"
 
 
@@ -323,8 +126,8 @@ def ideal_llm_rate(n: int, duration: float, ramp: float, length: float) -> float
 class Bench:
     args: argparse.Namespace
     fakes: dict[int | str, Server] = field(default_factory=dict)  # by latency, and "llm"
-    results: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)  # (row, target) -> rounds
-    hwm: dict[str, list[int]] = field(default_factory=dict)  # target -> peak RSS kB of each worker, every instance
+    results: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)  # (row, column) -> rounds
+    hwm: dict[str, list[int]] = field(default_factory=dict)  # column -> peak RSS kB of each worker, every instance
     memory: dict[str, Any] = field(default_factory=dict)
     log: Callable[[str], None] = print
     quiet_left: float = 0.0  # seconds of --quiet-budget left
@@ -378,9 +181,9 @@ class Bench:
             out["cpu_ms"] = out["cpu_total_ms"] / done
             service.note_hwm()
 
-    # -- one target ---------------------------------------------------------------------------
+    # -- one row of one column ----------------------------------------------------------------
 
-    def measure(self, row: Row, target: str, url: str, mode: str, service: Server | None) -> None:
+    def measure(self, row: Row, column: str, url: str, mode: str, service: Server | None) -> None:
         a = self.args
         self.wait_quiet(service)
         if row.kind == "wrk" and a.warmup > 0:
@@ -392,23 +195,26 @@ class Bench:
             else:
                 out.update(run_client(a, "stream", url, mode, row.conc,
                                       duration=max(a.duration, a.stream_min_duration * (1 if row.conc > 1 else 2))))
-        self.results.setdefault((row.key, target), []).append(out)
+        self.results.setdefault((row.key, column), []).append(out)
         flag = f"  ERRORS {out['error_detail']}" if out["errors"] else ""
         extra = f" ttfb {out['ttfb_p50_ms']:.2f} ms gap p50 {out['gap_p50_ms']:.2f} ms" if row.kind == "stream" else ""
-        cpu = f" cpu {out['cpu_ms']:.3f} ms/req" if "cpu_ms" in out else ""
-        self.log(f"    {row.key:8} {target:3} {out['rate']:9.1f}/s p50 {out['p50_ms']:8.3f} ms "
+        cpu = f" cpu {out['cpu_ms'] * 1000:.0f} µs/req" if "cpu_ms" in out else ""
+        self.log(f"    {row.key:8} {column:8.8} {out['rate']:9.1f}/s p50 {out['p50_ms']:8.3f} ms "
                  f"p99 {out['p99_ms']:8.3f} ms{extra}{cpu} foreign {out['foreign_cores']:.2f}{flag}")
 
-    def start_service(self, workers: int, latency: int | str, extra_env: dict[str, str] | None = None) -> Server:
+    def start_service(self, column: str, workers: int, latency: int | str,
+                      extra_env: dict[str, str] | None = None) -> Server:
         port = free_port()
         fake = self.fakes[latency]
         env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
         env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fake.port}/v1",
                    PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
         env.update(extra_env or {})
-        env.update(self.args.server_env)
-        cmd = shlex.split(self.args.server.format(port=port, workers=workers))
-        server = Server(pinned(self.args.pin_service, cmd), port, env, name=f"service ({cmd[0]}, {workers} w)")
+        template = self.args.server if column == "service" else COLUMNS[column][1]
+        if column == "service":
+            env.update(self.args.server_env)
+        cmd = shlex.split(template.format(port=port, workers=workers))
+        server = Server(pinned(self.args.pin_service, cmd), port, env, name=f"{column} ({workers} w)")
         server.wait_ready()
         time.sleep(1.0 if workers > 1 else 0.2)  # the other workers finish starting
         if len(server.workers()) < workers and workers > 1:
@@ -426,24 +232,21 @@ class Bench:
             direct = f"http://127.0.0.1:{fake.port}/v1/chat/completions"
             for row in rows:
                 self.measure(row, "D", direct, "direct", None)
-            for workers in a.workers:
-                target = f"w{workers}"
-                service = self.start_service(workers, latency)
+            for column in a.columns:
+                service = self.start_service(column, a.workers, latency)
                 try:
                     url = f"http://127.0.0.1:{service.port}/service_output"
                     for row in rows:
-                        self.measure(row, target, url, "service", service)
+                        self.measure(row, column, url, "service", service)
                     service.note_hwm()
-                    self.hwm.setdefault(target, []).extend(service.hwm_kb.values())
+                    self.hwm.setdefault(column, []).extend(service.hwm_kb.values())
                 finally:
                     service.stop()
         for row in self.llm_selected():
             self.llm_row(row)
 
     def selected(self, row: Row) -> bool:
-        if self.args.only:
-            return row.key in self.args.only
-        return row.kind != "llm" or not self.args.no_llm
+        return row.key in self.args.only
 
     def llm_selected(self) -> list[Row]:
         return [r for r in self.args.llm_rows if self.selected(r)]
@@ -518,7 +321,6 @@ class Bench:
             tmp.rmdir()
         errors["no_response"] = int(completed == 0 and not any(errors.values()))
         ms = 1000.0
-        pct = _pct
         rate = completed / elapsed if elapsed else 0.0
         return {
             "completed": completed, "requests": completed + sum(errors.values()), "rate": rate,
@@ -577,8 +379,9 @@ class Bench:
             self.log(f"    DIRECT does not keep up at N={n} with any of {tries} client processes: "
                      f"the llm rows use {self.llm_clients}, and their ratios are against a limited DIRECT")
 
+
     def llm_row(self, row: Row) -> None:
-        """DIRECT, then a fresh service per worker count (its idle RSS measured after a warm-up)."""
+        """DIRECT, then a fresh server per column (its idle RSS measured after a warm-up)."""
         a = self.args
         fake = self.fakes["llm"]
         direct: dict[str, Any] = {}
@@ -590,15 +393,14 @@ class Bench:
         self.results.setdefault((row.key, "D"), []).append(direct)
         self.log_llm(row.key, "D", direct)
         in_flight = a.llm_in_flight or max(512, row.conc)
-        for workers in a.workers:
-            target = f"w{workers}"
-            service = self.start_service(workers, "llm", {"CSS_MAX_IN_FLIGHT": str(in_flight)})
+        for column in a.columns:
+            service = self.start_service(column, a.workers, "llm", {"CSS_MAX_IN_FLIGHT": str(in_flight)})
             try:
                 url = f"http://127.0.0.1:{service.port}/service_output"
                 # a few short streams on enough connections to reach every worker: what they import
                 # and build on their first stream is not counted as the streams' memory
                 warm = [sys.executable, str(BENCH / "client.py"), "stream", "--url", url, "--mode", "service",
-                        "--conc", str(8 * workers), "--requests", str(16 * workers), "--chunks", "5",
+                        "--conc", str(8 * a.workers), "--requests", str(16 * a.workers), "--chunks", "5",
                         "--gap-ms", "1", "--timeout", "20"]
                 subprocess.run(warm, capture_output=True, timeout=60, check=False)
                 time.sleep(0.3)
@@ -611,16 +413,34 @@ class Bench:
                 out["rss_idle_kb"] = idle
                 if out["rss_open_kb"]:
                     out["rss_stream_kb"] = (out["rss_open_kb"] - idle) / row.conc
-                self.results.setdefault((row.key, target), []).append(out)
-                self.log_llm(row.key, target, out)
+                self.results.setdefault((row.key, column), []).append(out)
+                self.log_llm(row.key, column, out)
             finally:
                 service.stop()
 
+    def record_row(self) -> None:
+        """bench/micro.py's `record-metrics-log`, in its own process, `--record-runs` times (the
+        service's code in-process: one figure, in the service column)."""
+        a = self.args
+        cmd = [sys.executable, str(BENCH / "micro.py"), "--only", "record-metrics-log", "--conc", "1",
+               "--n", str(a.record_n), "--json"]
+        for _ in range(a.record_runs):
+            self.wait_quiet(None)
+            out: dict[str, Any] = {"completed": 1}
+            with self.accounted(None, out):
+                done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"bench/micro.py failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            out.update(errors=0, error_detail={}, rate=0.0, us=result["record-metrics-log"]["1"]["cpu_us"])
+            self.results.setdefault((RECORD.key, "service"), []).append(out)
+            self.log(f"    record   service  {out['us']:.1f} µs per job (in-process) "
+                     f"foreign {out['foreign_cores']:.2f}")
+
     def memory_test(self) -> None:
         a = self.args
-        workers = 1
-        self.log(f"memory: {a.mem_requests} requests, {workers} worker, concurrency {a.mem_conc}, provider 0 ms")
-        service = self.start_service(workers, 0)
+        self.log(f"memory: {a.mem_requests} requests, 1 worker, concurrency {a.mem_conc}, provider 0 ms")
+        service = self.start_service("service", 1, 0)
         try:
             url = f"http://127.0.0.1:{service.port}/service_output"
             first = run_client(a, "plain", url, "service", a.mem_conc, requests=1000)
@@ -647,6 +467,8 @@ class Bench:
     def run(self) -> None:
         a = self.args
         for latency in (0, 50):
+            if not any(r.latency_ms == latency and self.selected(r) for r in ROWS) and not (latency == 0 and a.memory):
+                continue
             port = free_port()
             cmd = [sys.executable, str(BENCH / "fake_provider.py"), "--port", str(port), "--latency-ms", str(latency),
                    "--chunks", str(a.chunks), "--chunk-delay-ms", str(a.chunk_delay_ms), "--procs", str(a.fake_procs)]
@@ -660,332 +482,56 @@ class Bench:
         try:
             for fake in self.fakes.values():
                 fake.wait_ready()
+            if self.selected(RECORD):
+                self.record_row()
             if self.llm_selected():
                 self.llm_ceiling()
             for number in range(1, a.rounds + 1):
                 self.round(number)
-            if a.mem_requests:
+            if a.memory:
                 self.memory_test()
         finally:
             for fake in self.fakes.values():
                 fake.stop()
 
 
-# ---------------------------------------------------------------------------------------------
-# the table
-
-
-def _pct(values: list[float], q: float) -> float:
-    """bench/client.py's percentile (nearest rank)."""
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))]
-
-
-def _med(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
-
-
-def _fmt(values: list[float], digits: int = 2, unit: str = "") -> str:
-    if not values:
-        return "—"
-    med = _med(values)
-    if len(values) == 1:
-        return f"{med:,.{digits}f}{unit}"
-    return f"{med:,.{digits}f}{unit} ({min(values):,.{digits}f}{DASH}{max(values):,.{digits}f})"
-
-
-def _verdict(ok: bool | None) -> str:
-    return "—" if ok is None else ("**met**" if ok else "**missed**")
-
-
-def _verdicts(oks: dict[str, bool]) -> str:
-    """One verdict over the service columns; which column missed when they disagree."""
-    if not oks:
-        return "—"
-    if len(set(oks.values())) == 1:
-        return _verdict(next(iter(oks.values())))
-    detail = ", ".join(f"{t[1:]} w {'met' if ok else 'missed'}" for t, ok in oks.items())
-    return f"**missed** ({detail})"
-
-
-class Table:
-    def __init__(self, bench: Bench) -> None:
-        self.b = bench
-        self.targets = ["D"] + [f"w{w}" for w in bench.args.workers]
-        self.lines: list[str] = []
-
-    def vals(self, row: str, target: str, key: str) -> list[float]:
-        return [r[key] for r in self.b.results.get((row, target), []) if key in r]
-
-    def errors(self, row: str) -> str:
-        parts = []
-        for t in self.targets:
-            n = sum(r["errors"] for r in self.b.results.get((row, t), []))
-            parts.append(str(n) if n == 0 else f"⚠ {n}")
-        return "/".join(parts)
-
-    def noisy(self, row: str) -> bool:
-        limit = self.b.args.noisy_cores
-        return any(r["foreign_cores"] > limit for t in self.targets for r in self.b.results.get((row, t), []))
-
-    def add(self, label: str, row: str | None, cells: list[str], target: str = "", verdict: str = "") -> None:
-        if row is not None and not any((row, t) in self.b.results for t in self.targets):
-            return
-        errs = self.errors(row) if row else ""
-        if row and ("⚠" in errs):
-            label = "⚠ " + label
-        if row and self.noisy(row):
-            label += " (noisy)"
-        self.lines.append("| " + " | ".join([label, *cells, errs, target, verdict]) + " |")
-
-    def per_target(self, row: str, key: str, digits: int = 2, ratio: bool = False, unit: str = "") -> list[str]:
-        cells = []
-        direct = _med(self.vals(row, "D", key))
-        for t in self.targets:
-            v = self.vals(row, t, key)
-            text = _fmt(v, digits, unit)
-            if ratio and t != "D" and v and direct:
-                text += f" = {_med(v) / direct:.2f}{TIMES}"
-            cells.append(text)
-        return cells
-
-    @staticmethod
-    def pair(first: list[str], second: list[str]) -> list[str]:
-        return [a if a == b == "—" else f"{a} / {b}" for a, b in zip(first, second, strict=True)]
-
-    def added(self, row: str, key: str, digits: int = 3) -> list[str]:
-        """Service minus DIRECT, per round (the same round's DIRECT)."""
-        direct = self.vals(row, "D", key)
-        cells = ["—"]
-        for t in self.targets[1:]:
-            v = self.vals(row, t, key)
-            diffs = [s - d for s, d in zip(v, direct, strict=False)]
-            cells.append(_fmt(diffs, digits))
-        return cells
-
-    def at_most(self, row: str, key: str, limit: float) -> str:
-        return _verdicts({t: _med(v) <= limit for t in self.targets[1:] if (v := self.vals(row, t, key))})
-
-    def keeps_up_with_direct(self, row: str, share: float) -> str:
-        """Each service column's rate at least `share` of DIRECT's, without errors."""
-        direct = _med(self.vals(row, "D", "rate"))
-        return _verdicts({t: _med(v) >= share * direct and not sum(r["errors"] for r in self.b.results[(row, t)])
-                          for t in self.targets[1:] if (v := self.vals(row, t, "rate"))})
-
-    def added_ok(self, row: str, key: str, limit: float) -> str:
-        direct = self.vals(row, "D", key)
-        oks = {}
-        for t in self.targets[1:]:
-            diffs = [s - d for s, d in zip(self.vals(row, t, key), direct, strict=False)]
-            if diffs:
-                oks[t] = _med(diffs) <= limit
-        return _verdicts(oks)
-
-    def build(self) -> str:
-        a = self.b.args
-        services = [f"service {t[1:]} worker{'s' if t != 'w1' else ''}" for t in self.targets[1:]]
-        head = ["measurement", "DIRECT", *services,
-                "errors " + "/".join(self.targets), "target", "result"]
-        self.lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        w2 = "w2" if "w2" in self.targets else self.targets[-1]
-
-        # concurrency 1
-        self.add("c1, 0 ms: latency p50 (ms)", "c1_0", self.per_target("c1_0", "p50_ms", 3))
-        self.add("c1, 0 ms: latency p99 (ms)", "c1_0", self.per_target("c1_0", "p99_ms", 3))
-        self.add("c1, 0 ms: **added** p50 (ms)", "c1_0", self.added("c1_0", "p50_ms"), "≤ 0.6 ms",
-                 self.added_ok("c1_0", "p50_ms", 0.6))
-        self.add("c1, 0 ms: **added** p99 (ms)", "c1_0", self.added("c1_0", "p99_ms"), "≤ 2 ms",
-                 self.added_ok("c1_0", "p99_ms", 2.0))
-        # throughput
-        for row, label in (("c32_0", "c32, 0 ms"), ("c256_0", "c256, 0 ms"), ("c32_50", "c32, 50 ms"),
-                           ("c256_50", "c256, 50 ms")):
-            target = verdict = ""
-            if row == "c256_50":
-                direct = _med(self.vals(row, "D", "rate"))
-                v = self.vals(row, w2, "rate")
-                errs = sum(r["errors"] for r in self.b.results.get((row, w2), []))
-                target = f"≥ 0.8{TIMES} DIRECT ({w2[1:]} workers), no errors"
-                verdict = _verdict(None if not v else (_med(v) >= 0.8 * direct and errs == 0))
-            self.add(f"{label}: req/s", row, self.per_target(row, "rate", 0, ratio=True), target, verdict)
-            self.add(f"{label}: p50 / p99 (ms)", row, [
-                f"{p50} / {p99}" for p50, p99 in zip(self.per_target(row, "p50_ms", 2),
-                                                      self.per_target(row, "p99_ms", 2), strict=True)])
-        # CPU
-        for row, label in (("c32_0", "c32, 0 ms"), ("c256_50", "c256, 50 ms")):
-            cells = ["—"] + [_fmt([v * 1000 for v in self.vals(row, t, "cpu_ms")], 0) for t in self.targets[1:]]
-            cpu = {t: _med(self.vals(row, t, "cpu_ms")) <= 0.4
-                   for t in self.targets[1:] if self.vals(row, t, "cpu_ms")}
-            self.add(f"CPU per request, {label} (µs)", row, cells, "≤ 400 µs", _verdicts(cpu))
-        fake_cpu = self.vals("c32_0", "D", "fake_cpu_ms")
-        if fake_cpu:
-            self.add("fake provider CPU per request, c32 (µs)", None,
-                     [_fmt([v * 1000 for v in fake_cpu], 1)] + ["—"] * (len(self.targets) - 1))
-        # RSS (of the instances that served the rows above; the llm rows' have their own row)
-        cells = ["—"] + [_fmt([kb / 1024 for kb in self.b.hwm.get(t, [])], 1) for t in self.targets[1:]]
-        peaks = {t: max(self.b.hwm[t]) / 1024 <= 90 for t in self.targets[1:] if self.b.hwm.get(t)}
-        if peaks:
-            self.add(f"peak RSS per worker, VmHWM (MB; median, min{DASH}max over instances)", None, cells,
-                     "≤ 90 MB", _verdicts(peaks))
-        # streams
-        for row, conc in (("s1", 1), ("s16", 16)):
-            target = verdict = ""
-            if conc == 16:
-                direct = _med(self.vals(row, "D", "rate"))
-                errs = {t: sum(r["errors"] for r in self.b.results.get((row, t), [])) for t in self.targets[1:]}
-                rates = {t: _med(self.vals(row, t, "rate")) >= 0.95 * direct and not errs[t]
-                         for t in self.targets[1:] if self.vals(row, t, "rate")}
-                target = f"≥ 0.95{TIMES} DIRECT, no errors"
-                verdict = _verdicts(rates)
-            self.add(f"streams c{conc}: streams/s", row, self.per_target(row, "rate", 2, ratio=True), target, verdict)
-            self.add(f"streams c{conc}: TTFB p50 (ms)", row, self.per_target(row, "ttfb_p50_ms", 2))
-            if conc == 16:
-                self.add("streams c16: **added** TTFB p50 (ms)", row, self.added(row, "ttfb_p50_ms", 2), "≤ 1 ms",
-                         self.added_ok(row, "ttfb_p50_ms", 1.0))
-            self.add(f"streams c{conc}: chunk gap p10 / p50 / p90 (ms)", row, [
-                f"{a_} / {b_} / {c_}" for a_, b_, c_ in zip(
-                    self.per_target(row, "gap_p10_ms", 1), self.per_target(row, "gap_p50_ms", 1),
-                    self.per_target(row, "gap_p90_ms", 1), strict=True)])
-            if conc == 16:
-                chunks = self.b.args.chunks
-                self.add("streams c16: service CPU per stream / per chunk (µs)", row, ["—"] + [
-                    _fmt([v * 1000 for v in self.vals(row, t, "cpu_ms")], 0) + " / "
-                    + _fmt([v * 1000 / chunks for v in self.vals(row, t, "cpu_ms")], 0) for t in self.targets[1:]])
-        # LLM-like streams (issue 13)
-        for row in self.b.llm_selected():
-            key, n = row.key, row.conc
-            if not any((key, t) in self.b.results for t in self.targets):
-                continue
-            # issue 13's targets: CPU per chunk at N = 400, the rest at N = 1,000
-            at_1000 = n == 1000
-            self.add(f"llm{n}: streams/s", key, self.per_target(key, "rate", 2, ratio=True),
-                     *((f"≥ 0.95{TIMES} DIRECT, no errors", self.keeps_up_with_direct(key, 0.95)) if at_1000 else ()))
-            self.add(f"llm{n}: TTFB p50 / p99 (ms)", key, self.pair(self.per_target(key, "ttfb_p50_ms", 2),
-                                                                     self.per_target(key, "ttfb_p99_ms", 2)))
-            self.add(f"llm{n}: **added** TTFB p50 / p99 (ms)", key,
-                     self.pair(self.added(key, "ttfb_p50_ms", 2), self.added(key, "ttfb_p99_ms", 2)),
-                     *(("p50 ≤ 5 ms", self.added_ok(key, "ttfb_p50_ms", 5.0)) if at_1000 else ()))
-            self.add(f"llm{n}: chunk gap p50 / p99 (ms)", key, self.pair(self.per_target(key, "gap_p50_ms", 1),
-                                                                          self.per_target(key, "gap_p99_ms", 1)))
-            self.add(f"llm{n}: **added** inter-chunk delay p50 / p99 (ms)", key,
-                     self.pair(self.added(key, "gap_p50_ms", 2), self.added(key, "gap_p99_ms", 2)),
-                     *(("p99 ≤ 10 ms", self.added_ok(key, "gap_p99_ms", 10.0)) if at_1000 else ()))
-            self.add(f"llm{n}: service CPU per relayed chunk (µs)", key,
-                     ["—"] + [_fmt(self.vals(key, t, "cpu_chunk_us"), 0) for t in self.targets[1:]],
-                     *(("≤ 20 µs", self.at_most(key, "cpu_chunk_us", 20.0)) if n == 400 else ()))
-            cells = ["—"]
-            for t in self.targets[1:]:
-                per = self.vals(key, t, "rss_stream_kb")
-                idle, open_ = self.vals(key, t, "rss_idle_kb"), self.vals(key, t, "rss_open_kb")
-                cells.append(_fmt(per, 1) + (f" ({_med(idle) / 1024:.1f} → {_med(open_) / 1024:.1f} MB)"
-                                             if per else ""))
-            self.add(f"llm{n}: RSS per open stream (kB; workers' RSS, idle → {n} open)", key, cells,
-                     *(("≤ 20 kB", self.at_most(key, "rss_stream_kb", 20.0)) if at_1000 else ()))
-        # memory
-        m = self.b.memory
-        if m:
-            growth = (m["rss_end_kb"] / m["rss_1k_kb"] - 1) * 100 if m["rss_1k_kb"] else float("nan")
-            label = f"RSS after 1k → after {m['requests'] // 1000}k requests (MB), 1 worker, c{self.b.args.mem_conc}"
-            if m["errors"]:
-                label = f"⚠ {label} ({m['errors']} errors)"
-            cell = f"{m['rss_1k_kb'] / 1024:.1f} → {m['rss_end_kb'] / 1024:.1f} ({growth:+.1f}%)"
-            self.lines.append("| " + " | ".join(
-                [label, "—", cell, *["—"] * (len(self.targets) - 2), str(m["errors"]), "≤ +10%",
-                 _verdict(growth <= 10)]) + " |")
-        del a
-        return "\n".join(self.lines)
-
-
-def header(args: argparse.Namespace, llm: bool = False) -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    env = (" with " + " ".join(f"{k}={v}" for k, v in args.server_env.items())) if args.server_env else ""
-    pins = (f"load generator on CPU {args.pin_load or 'any'}, fake provider on CPU {args.pin_fake or 'any'}, "
-            f"service on CPU {args.pin_service or 'any'}")
-    return "\n".join([
-        f"### css-inference-service benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} {TIMES} {cpu}, "
-        f"Python {platform.python_version()})",
-        "",
-        f"- service: `{args.server}`{env}; DIRECT: the same load straight at the fake provider's "
-        "/v1/chat/completions",
-        f"- pinning (taskset): {pins}",
-        f"- {args.rounds} round(s) of {args.duration:g} s per row (+{args.warmup:g} s warm-up, not measured); "
-        f"medians, (min{DASH}max) over rounds; latencies from wrk -t1 (exact µs percentiles), "
-        "streams from bench/client.py",
-        f"- streams: {args.chunks} chunks {args.chunk_delay_ms:g} ms apart; errors = non-2xx + socket errors "
-        "(+ wrong stream text), summed over rounds, per column",
-        *([llm_header(args)] if llm else []),
-        "",
-    ])
-
-
-def llm_header(args: argparse.Namespace) -> str:
-    pin = f"CPU {args.llm_pin}" if args.llm_pin else "no CPU"
-    in_flight = f"CSS_MAX_IN_FLIGHT={args.llm_in_flight}" if args.llm_in_flight else "CSS_MAX_IN_FLIGHT=max(N, 512)"
-    return (f"- llm rows: N streams open at once, each of {args.llm_chunks} chunks {args.llm_gap_ms:g} ms apart "
-            f"(asked per request), N connections streaming back to back for {args.llm_duration:g} s, started "
-            f"evenly over {args.llm_ramp:g} s; bench/client.py in several processes (samples merged) and a fake "
-            f"provider of {args.llm_fake_procs} processes, pinned to {pin}; a fresh service per row and worker "
-            f"count, with {in_flight}; CPU per relayed chunk = the service's CPU over the row / chunks received; "
-            "RSS per open stream = (the workers' summed VmRSS, highest while all N were open, minus before the "
-            "row, after a warm-up) / N; added = service minus DIRECT of the same round")
-
-
-def llm_ceiling_lines(bench: Bench) -> list[str]:
-    """The DIRECT ceiling of the llm rows: the probes first, then DIRECT of each llm row."""
-    if not bench.ceiling:
-        return []
-    a = bench.args
-    lines = []
-    for out in bench.ceiling:
-        lines.append(
-            f"LLM streams, DIRECT ceiling (measured alone first), N = {out['n']:,}, {out['clients']} client "
-            f"process(es), fake provider {a.llm_fake_procs} process(es): {out['rate']:,.1f} streams/s = "
-            f"{out['rate'] / out['ideal_rate'] * 100:.0f}% of the ideal {out['ideal_rate']:,.1f} "
-            f"({out['chunks_per_s']:,.0f} chunks/s), chunk gap p50 / p99 {out['gap_p50_ms']:.1f} / "
-            f"{out['gap_p99_ms']:.1f} ms, {out['errors']} errors: "
-            + ("keeps up." if out["keeps_up"] else "does NOT keep up (the load generator or the fake provider "
-               "is the limit)."))
-    for row in bench.llm_selected():
-        runs = bench.results.get((row.key, "D"), [])
-        if runs:
-            shares = [r["rate"] / r["ideal_rate"] * 100 for r in runs]
-            kept = sum(r["keeps_up"] for r in runs)
-            lines.append(f"DIRECT {row.key} ({bench.llm_clients} client process(es)): "
-                         f"{_fmt([r['rate'] for r in runs], 1)} streams/s = {_fmt(shares, 0)}% of the ideal; "
-                         f"kept up in {kept} of {len(runs)} round(s).")
-    return lines
-
-
 def _raise_open_files(needed: int) -> None:
     """The llm rows hold thousands of sockets open: raise this process's (and so its children's) limit."""
+    import resource
+
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--duration", type=int, default=5, help="whole seconds per row (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured seconds before each wrk row (default 1, 0: none)")
     p.add_argument("--quick", action="store_true",
-                   help="2 s rows, 1 s warm-up, 20,000 requests for the memory row")
-    p.add_argument("--workers", default="1,2", help="worker counts to measure (default 1,2)")
+                   help="2 s rows (llm rows 4 s), 1 s warm-up, 20,000 requests for the memory row")
+    p.add_argument("--workers", type=int, default=2, help="worker processes of every column (default 2)")
+    p.add_argument("--columns", default="service,floor,floor-aiohttp",
+                   help="columns besides DIRECT, from: " + ", ".join(COLUMNS) + " (default %(default)s)")
     p.add_argument("--server", default=DEFAULT_SERVER,
-                   help="the service's command line, with {port} and {workers} (default: %(default)s); "
-                        "'granian' for the same app under: " + GRANIAN_SERVER + "; 'granian:VARIANT' or "
-                        "'uvicorn:VARIANT' for a factory of bench/variants.py")
+                   help="the service column's command line, with {port} and {workers} (default: %(default)s); "
+                        "'granian' for the same app under granian; 'granian:VARIANT', 'uvicorn:VARIANT' or "
+                        "'serve:VARIANT' for a factory of bench/variants.py")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for the service (repeatable)")
-    p.add_argument("--mem-requests", type=int, default=100_000, help="requests for the memory row (0: skip)")
+                   help="extra environment for the service column (repeatable)")
+    p.add_argument("--only", default="", help="comma-separated rows: " + ",".join(r.key for r in ROWS)
+                   + ", record, llm<N> for each N of --llm-n, memory (default: issue 18's, "
+                   + ",".join(TARGET_ROWS) + ")")
+    p.add_argument("--all", action="store_true", help="every row (the llm rows of --llm-n, the memory row)")
+    p.add_argument("--mem-requests", type=int, default=100_000, help="requests for the memory row")
     p.add_argument("--mem-conc", type=int, default=8, help="concurrency of the memory row (default 8)")
-    p.add_argument("--only", default="", help="comma-separated row keys: " + ",".join(r.key for r in ROWS)
-                   + ", and llm<N> for each N of --llm-n (default: llm100,llm400,llm1000)")
-    p.add_argument("--no-llm", action="store_true", help="leave the llm rows out of the full run")
-    p.add_argument("--llm-n", default=LLM_N, help="stream counts of the llm rows (default %(default)s)")
+    p.add_argument("--record-n", type=int, default=2000,
+                   help="the record row: micro.py --n (it runs 10x that many jobs; default 2000)")
+    p.add_argument("--record-runs", type=int, default=3, help="the record row: runs of micro.py (default 3)")
+    p.add_argument("--llm-n", default=LLM_N,
+                   help="stream counts of the llm rows with --all (default %(default)s; else: the llm<N> of --only)")
     p.add_argument("--llm-chunks", type=int, default=100, help="chunks per llm stream (default 100)")
     p.add_argument("--llm-gap-ms", type=float, default=20.0, help="gap between them (default 20 ms)")
     p.add_argument("--llm-duration", type=float, default=6.0,
@@ -1008,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fake-procs", type=int, default=1)
     p.add_argument("--pin-load", default="1", help="CPUs for wrk and the stream client ('' for none; default 1)")
     p.add_argument("--pin-fake", default="1", help="CPUs for the fake provider ('' for none; default 1)")
-    p.add_argument("--pin-service", default="", help="CPUs for the service ('' for none, the default)")
+    p.add_argument("--pin-service", default="", help="CPUs for the servers under test ('' for none, the default)")
     p.add_argument("--quiet-cores", type=float, default=0.15,
                    help="before a row, wait until the rest of the machine uses less than this (default 0.15)")
     p.add_argument("--quiet-timeout", type=float, default=10.0, help="most seconds to wait before a row (default 10)")
@@ -1019,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=Path, help="also write the raw results here")
     args = p.parse_args(argv)
     if args.quick:
-        args.duration, args.warmup = min(args.duration, 2.0), min(args.warmup, 1.0)
+        args.duration, args.warmup = min(args.duration, 2), min(args.warmup, 1)
         args.stream_min_duration = min(args.stream_min_duration, 2.0)
         args.mem_requests = min(args.mem_requests, 20_000)
         args.llm_duration = min(args.llm_duration, 4.0)
@@ -1029,11 +575,18 @@ def main(argv: list[str] | None = None) -> None:
         if not sep:
             p.error(f"--env expects KEY=VALUE, got {item!r}")
         args.server_env[key] = value
-    args.workers = [int(w) for w in args.workers.split(",") if w]
-    args.only = {k for k in args.only.split(",") if k}
-    args.llm_rows = llm_rows(args.llm_n)
-    if unknown := args.only - {r.key for r in (*ROWS, *args.llm_rows)}:
+    args.columns = [c for c in args.columns.split(",") if c]
+    if unknown := set(args.columns) - set(COLUMNS):
+        p.error(f"unknown columns: {', '.join(sorted(unknown))} (known: {', '.join(COLUMNS)})")
+    only = {k for k in args.only.split(",") if k}
+    # the llm rows: --llm-n's with --all, else those --only names (llm100 by default)
+    named = [k[3:] for k in sorted(only or TARGET_ROWS) if k.startswith("llm") and k[3:].isdigit()]
+    args.llm_rows = llm_rows(args.llm_n if args.all else ",".join(named))
+    everything = {r.key for r in (*ROWS, *args.llm_rows, RECORD)} | {"memory"}
+    args.only = everything if args.all else (only or set(TARGET_ROWS))
+    if unknown := args.only - everything:
         p.error(f"unknown row keys: {', '.join(sorted(unknown))} (llm<N> rows come from --llm-n)")
+    args.memory = "memory" in args.only and args.mem_requests > 0
     if args.llm_ramp is None:
         args.llm_ramp = args.llm_chunks * args.llm_gap_ms / 1000
     if args.llm_chunks < 1 or args.llm_gap_ms < 0:
@@ -1042,13 +595,17 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--llm-clients takes 'auto' or a number")
     if not 0 < args.llm_duration <= 600 or not 0 <= args.llm_ramp <= 600 or not 0 < args.llm_timeout <= 600:
         p.error("--llm-duration, --llm-ramp and --llm-timeout are bounded (10 min)")
-    _raise_open_files(4 * max([r.conc for r in args.llm_rows] or [0]) + 1024)
-    if args.rounds < 1:
-        p.error("--rounds must be at least 1")
+    if args.rounds < 1 or args.workers < 1:
+        p.error("--rounds and --workers must be at least 1")
     for tool in ("wrk", "taskset"):
         if not any((Path(d) / tool).exists() for d in os.environ.get("PATH", "").split(os.pathsep)):
             p.error(f"{tool} is not installed (apt-get install -y {'wrk' if tool == 'wrk' else 'util-linux'})")
+    return args
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    _raise_open_files(4 * max([r.conc for r in args.llm_rows] or [0]) + 1024)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     started = time.monotonic()
     bench = Bench(args, log=lambda s: print(s, file=sys.stderr, flush=True))
@@ -1057,11 +614,6 @@ def main(argv: list[str] | None = None) -> None:
     print(Table(bench).build())
     noisy = sorted({k for (k, _), rs in bench.results.items() for r in rs if r["foreign_cores"] > args.noisy_cores})
     print()
-    direct = bench.results.get(("c256_0", "D")) or bench.results.get(("c32_0", "D"))
-    if direct:
-        print(f"Fake provider ceiling in this run (DIRECT, provider 0 ms): "
-              f"{_fmt([r['rate'] for r in bench.results.get(('c32_0', 'D'), [])], 0)} req/s at c32, "
-              f"{_fmt([r['rate'] for r in bench.results.get(('c256_0', 'D'), [])], 0)} req/s at c256.")
     for line in llm_ceiling_lines(bench):
         print(line)
     if noisy:

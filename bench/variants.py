@@ -1,65 +1,46 @@
-"""ASGI apps for run.py's `--server uvicorn:NAME` / `granian:NAME` (for measurement only).
+"""ASGI app factories for measurement only: the floor, and variants of the service.
 
-Served by any ASGI server with this directory on PYTHONPATH, e.g.:
+Each is served like the service by bench/serve.py (uvicorn, a listening socket per worker,
+the command line's flags), e.g. `python bench/serve.py variants:floor_app --workers=2`;
+run.py does so for its `floor`, `floor-aiohttp` and `service-pyreqwest` columns.
 
-    PYTHONPATH=bench uvicorn variants:minimal_app --factory --host 127.0.0.1 --port 8000 --workers 2 \
-        --log-level warning --no-access-log --loop uvloop --http httptools
+- `floor_app`: **the floor**: the design card's own stack with no service code. A raw ASGI
+  app; msgspec decodes the job and encodes the answer; the provider call is an
+  `httpx.Request` sent through the httpx-aiohttp transport (`AiohttpTransport`) over an
+  aiohttp session configured as the service's pool (`TCPConnector(limit=0)`, no total
+  timeout, `trust_env=False`; the same connect and read timeout per call). A stream
+  (destination 2) is relayed as the service relays it: one write of the texts of each read
+  of the provider's answer. No error handling, routing, record, metrics, log line, retry or
+  plugin: a failed call is the server's 500.
+- `minimal_app`: the previous floor, a second reference: the same raw ASGI app calling
+  aiohttp directly (`session.post`), streams relayed event by event.
+- `service_app`: the service's own worker app (`css_core.edge.cli.worker_app`), to check
+  that bench/serve.py serves it as the command line does.
+- `service_pyreqwest_app`: the service with its provider calls through pyreqwest's httpx
+  transport (`pyreqwest.compatibility.httpx.HttpxTransport`) instead of httpx-aiohttp:
+  swapped after start-up through `ProviderHTTP`'s public `transport` and `client`
+  (`app.state.service.service_output.pipeline.http`), nothing else changed. Needs the
+  `pyreqwest` package, which the service does not depend on.
 
-- `baseline_app`: `css_core.edge.app.create_app()` untouched (to compare servers/flags with the CLI's).
-- `minimal_app`: not the service: a raw ASGI app that decodes the job with msgspec, posts
-  the OpenAI body with its own aiohttp session (`session.post`) and answers
-  `{"output": ...}`, or relays a stream's text chunk by chunk (destination 2): the floor of
-  Python + ASGI + aiohttp.
-- `minimal_httpx_app`: the same raw ASGI app, its provider call made as the core makes it:
-  an `httpx.Request` sent through the worker's `httpx-aiohttp` transport
-  (`css_core.providers.http.ProviderHTTP`, `send` + `read`, streams through `sse_events`).
-  Against `minimal_app`, it shows what the httpx layer costs; against
-  `baseline_app`, what Litestar's routing, pluggy, tenacity and the workflow cost.
-
-Both minimal apps merge the job's `extra_args` into the provider body (as the service
-does), so bench/client.py's per-request stream shape (`--gap-ms`) reaches the fake
-provider. They have no error handling: a failed call is a 500 from the server.
+The minimal apps merge the job's `extra_args` into the provider body as the service does,
+so bench/client.py's per-request stream shape reaches the fake provider.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import msgspec
 
-Call = Callable[[str, bytes], Awaitable[bytes]]
-Stream = Callable[[str, bytes], AsyncIterator[bytes]]
+__all__ = ("floor_app", "minimal_app", "pyreqwest_transport", "service_app", "service_pyreqwest_app")
 
-_session: Any = None
-
-
-def _aiohttp_session() -> Any:
-    """minimal_app's session: one per worker process, created on first use inside the running loop."""
-    global _session
-    if _session is None:
-        import aiohttp
-
-        _session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
-            timeout=aiohttp.ClientTimeout(total=None),
-            skip_auto_headers=("User-Agent",),
-        )
-    return _session
-
-
-async def _close_session() -> None:
-    global _session
-    if _session is not None:
-        await _session.close()
-        _session = None
-
-
-def baseline_app() -> Any:
-    from css_core.edge.app import create_app
-
-    return create_app()
+Call = Callable[[bytes], Awaitable[bytes]]
+Stream = Callable[[bytes], AsyncIterator[bytes]]  # the text of each provider read that carried any
+Hook = Callable[[], Awaitable[None]]
+TIMEOUT = 60.0  # CSS_REQUEST_TIMEOUT's default: connect, pool and each read
 
 
 class _Params(msgspec.Struct):
@@ -98,21 +79,29 @@ class _Chunk(msgspec.Struct):
     choices: list[_Delta] = []
 
 
+class _Output(msgspec.Struct):
+    output: str | None
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+
+
+def _text(data: bytes) -> str:
+    choices = _chunk_decoder.decode(data).choices
+    return (choices[0].delta.content or "") if choices else ""
+
+
 def _target() -> tuple[str, dict[str, str]]:
     url = os.environ["OPENAI_BASE_URL"].rstrip("/") + "/chat/completions"
     headers = {"content-type": "application/json", "authorization": f"Bearer {os.environ['OPENAI_API_KEY']}"}
     return url, headers
 
 
-def _raw_asgi(call: Call, stream: Stream, startup: Callable[[], Awaitable[None]],
-              shutdown: Callable[[], Awaitable[None]]) -> Any:
-    """A raw ASGI app around a provider `call` (the whole body) and `stream` (each event's data)."""
-    url, _ = _target()
+def _raw_asgi(call: Call, stream: Stream, startup: Hook, shutdown: Hook) -> Any:
+    """A raw ASGI app around a provider `call` (the whole answer) and `stream` (its texts)."""
     job_decoder = msgspec.json.Decoder(_Job)
     completion_decoder = msgspec.json.Decoder(_Completion)
-    chunk_decoder = msgspec.json.Decoder(_Chunk)
     encode = msgspec.json.encode
-    start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]}
     text_start = {"type": "http.response.start", "status": 200,
                   "headers": [(b"content-type", b"text/plain; charset=utf-8")]}
 
@@ -134,7 +123,7 @@ def _raw_asgi(call: Call, stream: Stream, startup: Callable[[], Awaitable[None]]
             if not message.get("more_body"):
                 break
         if scope["method"] == "GET":
-            await send(start)
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
             await send({"type": "http.response.body", "body": b"{}"})
             return
         job = job_decoder.decode(body)
@@ -145,68 +134,136 @@ def _raw_asgi(call: Call, stream: Stream, startup: Callable[[], Awaitable[None]]
         if job.data.extra_args:
             request.update(job.data.extra_args)
         if not streamed:
-            answer = await call(url, encode(request))
-            text = completion_decoder.decode(answer).choices[0].message.content
-            await send(start)
-            await send({"type": "http.response.body", "body": encode({"output": text})})
+            answer = await call(encode(request))
+            out = encode(_Output(completion_decoder.decode(answer).choices[0].message.content))
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(out))]})
+            await send({"type": "http.response.body", "body": out})
             return
         await send(text_start)
-        async for data in stream(url, encode(request)):
-            choices = chunk_decoder.decode(data).choices
-            if choices and (piece := choices[0].delta.content):
-                await send({"type": "http.response.body", "body": piece.encode(), "more_body": True})
+        async for text in stream(encode(request)):
+            await send({"type": "http.response.body", "body": text, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
     return app
 
 
-def minimal_app() -> Any:
-    _, headers = _target()
+def floor_app() -> Any:
+    """The floor (see the module's docstring)."""
+    import aiohttp
+    import httpx
+    from httpx_aiohttp import AiohttpTransport
 
-    async def call(url: str, content: bytes) -> bytes:
-        async with _aiohttp_session().post(url, data=content, headers=headers) as response:
-            return await response.read()
+    target, headers = _target()
+    url = httpx.URL(target)  # parsed once, as any long-lived client would
+    extensions = {"timeout": {"connect": TIMEOUT, "read": TIMEOUT, "pool": TIMEOUT}}
+    held: list[AiohttpTransport] = []
 
-    async def stream(url: str, content: bytes) -> AsyncIterator[bytes]:
-        async with _aiohttp_session().post(url, data=content, headers=headers) as response:
-            async for line in response.content:  # one line at a time
-                if line.startswith(b"data: ") and (data := line[6:].rstrip(b"\r\n")) != b"[DONE]":
-                    yield data
+    async def respond(content: bytes) -> httpx.Response:
+        request = httpx.Request("POST", url, headers=headers, stream=httpx.ByteStream(content), extensions=extensions)
+        request.read()
+        return await held[0].handle_async_request(request)
 
-    async def nothing() -> None:
-        return None
-
-    return _raw_asgi(call, stream, nothing, _close_session)
-
-
-def minimal_httpx_app() -> Any:
-    from css_core.config import load_settings
-    from css_core.providers.http import ProviderHTTP, read, send, sse_events
-    from css_core.types import PreparedCall
-
-    _, headers = _target()
-    settings = load_settings()
-    http = ProviderHTTP(settings)
-    timeout = settings.request_timeout
-
-    async def call(url: str, content: bytes) -> bytes:
-        assert http.transport is not None
-        return await read(await send(http.transport, PreparedCall(url, headers, content, timeout)))
-
-    async def stream(url: str, content: bytes) -> AsyncIterator[bytes]:
-        assert http.transport is not None
-        response = await send(http.transport, PreparedCall(url, headers, content, timeout))
+    async def call(content: bytes) -> bytes:
+        response = await respond(content)
         try:
-            async for events in sse_events(response):
-                for data in events:
-                    yield data
+            return b"".join([part async for part in response.stream])  # type: ignore[union-attr]
+        finally:
+            await response.aclose()
+
+    async def stream(content: bytes) -> AsyncIterator[bytes]:
+        response = await respond(content)
+        pending = b""
+        try:
+            async for read in response.stream:  # type: ignore[union-attr]
+                lines = (pending + read if pending else read).split(b"\n")
+                pending = lines.pop()
+                texts = []
+                for line in lines:
+                    if line.startswith(b"data: "):
+                        if (data := line[6:].rstrip(b"\r")) == b"[DONE]":
+                            break
+                        texts.append(_text(data))
+                if text := "".join(texts):
+                    yield text.encode()
         finally:
             await response.aclose()
 
     async def startup() -> None:
-        await http.__aenter__()
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=httpx.create_ssl_context()),
+                                        timeout=aiohttp.ClientTimeout(total=None), trust_env=False)
+        held.append(AiohttpTransport(client=session))
 
     async def shutdown() -> None:
-        await http.__aexit__(None, None, None)
+        await held.pop().aclose()
 
     return _raw_asgi(call, stream, startup, shutdown)
+
+
+def minimal_app() -> Any:
+    """The previous floor: raw ASGI + msgspec + aiohttp's own `session.post`, event by event."""
+    import aiohttp
+
+    url, headers = _target()
+    held: list[aiohttp.ClientSession] = []
+
+    async def call(content: bytes) -> bytes:
+        async with held[0].post(url, data=content, headers=headers) as response:
+            return await response.read()
+
+    async def stream(content: bytes) -> AsyncIterator[bytes]:
+        async with held[0].post(url, data=content, headers=headers) as response:
+            async for line in response.content:  # one line at a time
+                if line.startswith(b"data: ") and (data := line[6:].rstrip(b"\r\n")) != b"[DONE]" \
+                        and (text := _text(data)):
+                    yield text.encode()
+
+    async def startup() -> None:
+        held.append(aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                          timeout=aiohttp.ClientTimeout(total=None),
+                                          skip_auto_headers=("User-Agent",)))
+
+    async def shutdown() -> None:
+        await held.pop().close()
+
+    return _raw_asgi(call, stream, startup, shutdown)
+
+
+def service_app() -> Any:
+    from css_core.edge.cli import worker_app
+
+    return worker_app()
+
+
+def pyreqwest_transport(timeout: float = TIMEOUT, cafile: str | None = None) -> Any:
+    """pyreqwest's httpx transport, configured as close to the service's pool as its builder
+    allows: no connection limit, the connect and read timeouts, no redirects, `SSL_CERT_FILE`'s
+    authorities added (reqwest adds them to its own roots rather than replacing them)."""
+    from pyreqwest.client import ClientBuilder
+    from pyreqwest.compatibility.httpx import HttpxTransport
+
+    builder = ClientBuilder().connect_timeout(timedelta(seconds=timeout)).read_timeout(
+        timedelta(seconds=timeout)).follow_redirects(False)
+    if cafile:
+        with open(cafile, "rb") as f:
+            builder = builder.add_root_certificate_pem(f.read())
+    return HttpxTransport(builder.build())
+
+
+def service_pyreqwest_app() -> Any:
+    """The service, its provider calls through pyreqwest's httpx transport (see the module's docstring)."""
+    import httpx
+    from litestar import Litestar
+
+    app: Litestar = service_app()
+
+    async def swap(app: Litestar) -> None:
+        http = app.state.service.service_output.pipeline.http
+        old = http.client
+        settings_cafile = os.environ.get("SSL_CERT_FILE")
+        http.transport = pyreqwest_transport(http.timeout, settings_cafile)
+        http.client = httpx.AsyncClient(transport=http.transport, timeout=http.timeout, trust_env=False)
+        await old.aclose()  # the aiohttp pool: nothing calls through it any more
+
+    app.on_startup.append(swap)  # after the lifespan's start-up: the service exists by then
+    return app
