@@ -117,12 +117,18 @@ class ProviderCall(msgspec.Struct, frozen=True):
 
 class PreparedCall(msgspec.Struct, frozen=True):
     """One attempt's provider request, ready to send: absolute URL, its own headers, JSON body,
-    and the seconds the attempt may wait to connect and for each read (`CSS_REQUEST_TIMEOUT`)."""
+    and the seconds the attempt may wait to connect and for each read (`CSS_REQUEST_TIMEOUT`).
+
+    A call reads no more of the answer than `max_answer_bytes` (`CSS_MAX_ANSWER_BYTES`), and
+    no streamed event longer than `max_event_bytes` (`CSS_MAX_EVENT_BYTES`): a plugin that
+    makes its own call keeps to them too, raising `ProviderBadResponse(..., retryable=False)`."""
 
     url: str
     headers: dict[str, str]
     content: bytes
     timeout: float = 60.0
+    max_answer_bytes: int = 8 * 1024 * 1024
+    max_event_bytes: int = 1024 * 1024
 
 
 class Usage(msgspec.Struct, frozen=True):

@@ -217,3 +217,49 @@ def test_retry_after_beyond_the_deadline_fails_fast(
     # it gave up at once with the provider's answer (a 502), instead of sleeping into the deadline (a 504)
     assert_error(post_job(http, url, job(chat())), 502, "OPENAI", "429", "1 attempt(s)")
     assert len(double.requests) == 1
+
+
+# -- a 429's cool-down of its key ----------------------------------------------------------------------------
+
+_KEYS = iter(range(1, 1_000_000))
+
+
+def fresh_keys(n: int) -> list[str]:
+    """Keys no other test uses: a fresh service, with no key cooling down from another test."""
+    run = next(_KEYS)
+    return [f"sk-retry{run}-key{i}-abcd{run:04d}wxyz" for i in range(1, n + 1)]
+
+
+@needs_openai
+def test_a_429_without_retry_after_cools_its_key_for_the_configured_wait(
+    double: ProviderDouble, service: Callable[..., str], http: httpx.Client
+) -> None:
+    """Not the default policy's wait (3 s and its jitter), which would pass the 2 s deadline."""
+    (key,) = fresh_keys(1)
+    url = service(OPENAI_API_KEY=key, CSS_REQUEST_DELAY="0", CSS_REQUEST_JITTER="[0, 0]", CSS_JOB_DEADLINE="2")
+    double.api_key = key
+    double.script(Fault.status(429))
+    assert_recovered(double, post_job(http, url, job(chat())))
+
+
+def usable_keys(http: httpx.Client, url: str) -> int:
+    usable: int = http.get(f"{url}/").json()["keys"]["OPENAI"]["usable"]
+    return usable
+
+
+@needs_openai
+@pytest.mark.parametrize("retry_after", ["1e12", "inf"])
+def test_a_retry_after_sets_a_key_aside_no_longer_than_the_cap(
+    double: ProviderDouble, service: Callable[..., str], http: httpx.Client, retry_after: str
+) -> None:
+    """`CSS_KEY_DISABLE_SECONDS` caps a `Retry-After`: the key serves again after it, not after the restart."""
+    keys = fresh_keys(2)
+    url = service(OPENAI_API_KEY=",".join(keys), CSS_KEY_DISABLE_SECONDS="1")
+    double.api_key = None  # the double takes either key
+    double.script(Fault.status(429, retry_after=retry_after))
+    assert_recovered(double, post_job(http, url, job(chat())))  # by the other key, at once
+    assert usable_keys(http, url) == 1
+    give_up = time.monotonic() + 30  # a generous wait for what takes a second
+    while usable_keys(http, url) < 2:
+        assert time.monotonic() < give_up, "the key is still set aside, long past CSS_KEY_DISABLE_SECONDS"
+        time.sleep(0.05)

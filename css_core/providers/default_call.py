@@ -75,8 +75,9 @@ def css_read_error(status: int, body: bytes, retry_after: float | None) -> Provi
 
 async def _post(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> bytes:
     response = await send(transport, call)
-    body = await read(response)
-    if response.status_code >= 300:
+    error = response.status_code >= 300
+    body = await read(response, call.max_answer_bytes, cut=error)
+    if error:
         raise ErrorAnswer(response, body)
     return body
 
@@ -85,8 +86,8 @@ async def _events(call: PreparedCall, transport: httpx.AsyncBaseTransport) -> As
     response = await send(transport, call)
     try:
         if response.status_code >= 300:
-            raise ErrorAnswer(response, await read(response))
-        async for events in sse_events(response):
+            raise ErrorAnswer(response, await read(response, call.max_answer_bytes, cut=True))
+        async for events in sse_events(response, call.max_event_bytes):
             yield events
     finally:
         await response.aclose()  # the connection is dropped, not reused, if the answer was not read to its end

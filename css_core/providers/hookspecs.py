@@ -124,7 +124,8 @@ def css_call_stream(
     (`trylast`): it POSTs the call and yields, for each read of the answer, the `data` of
     the server-sent events it completed (the lines of a multi-line `data` joined with a
     newline; `id:` and comment lines ignored) until `data: [DONE]` or the end of the answer,
-    as a list whose `names` are the events' `event:` names (`css_core.providers.http.Events`).
+    as a list; when any of them has an `event:` line, as an `Events` list whose `names` are the
+    events' names (`css_core.providers.http.Events`), which `css_parse_stream_event` receives.
     It reads no event longer than `call.max_event_bytes` and no error answer past
     `call.max_answer_bytes`. An implementation must raise
     `ProviderHTTPError` before yielding anything when the status is not 2xx, so the failure
