@@ -319,9 +319,9 @@ async def case_event(base_url: str, hookcaller: bool) -> tuple[Op, Close]:
         parse = hooks.parse_stream_event
 
         async def op() -> object:
-            return parse(spec=spec, request=request, data=data)
+            return parse(spec=spec, request=request, data=data, event="")  # an unnamed event, as OpenAI's
     else:
-        parse_direct = _direct(hooks.parse_stream_event, spec=spec, request=request, data=data)
+        parse_direct = _direct(hooks.parse_stream_event, spec=spec, request=request, data=data, event="")
 
         async def op() -> object:
             return parse_direct()
