@@ -12,8 +12,8 @@ policy, each field is taken from the first of these that sets it:
 Beyond the reference container's variables, the service reads its own limits: `CSS_MAX_BODY_BYTES`
 (largest job body, default 4 MiB), `CSS_MAX_MESSAGES` (per job, default 1024),
 `CSS_MAX_IN_FLIGHT` (calls open to one provider per worker before new jobs get 503,
-default 2048), `CSS_BEARER_TOKEN` (when set, `/service_output` and `/service-resources`
-require `Authorization: Bearer <token>`), `CSS_SHUTDOWN_GRACE` (seconds calls in
+default 2048), `CSS_BEARER_TOKEN` (when set, every route but the probes `/health` and
+`/ready` requires `Authorization: Bearer <token>`), `CSS_SHUTDOWN_GRACE` (seconds calls in
 flight may take to finish after SIGTERM, default 30), `CSS_MAX_ANSWER_BYTES` (the largest
 provider answer read, an error answer's included, default 8 MiB) and `CSS_MAX_EVENT_BYTES`
 (the largest single server-sent event of a stream, default 1 MiB). An answer or an event

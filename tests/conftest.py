@@ -263,7 +263,7 @@ def run_command(*args: str, env: Mapping[str, str], cwd: Path, timeout: float = 
 
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
-    """`launch(env, workers=2) -> Launched`: run the command line until `GET /` answers.
+    """`launch(env, workers=2) -> Launched`: run the command line until `GET /health` answers.
 
     It runs in an empty directory, so no `.env` is read; it is stopped at teardown.
     """
@@ -281,12 +281,12 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
             if process.poll() is not None:
                 raise RuntimeError(f"css-inference-service exited with {process.returncode}:\n{service.stop()}")
             try:
-                if httpx.get(service.url + "/", timeout=1, trust_env=False).status_code == 200:
+                if httpx.get(service.url + "/health", timeout=1, trust_env=False).status_code == 200:
                     return service
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"css-inference-service did not answer GET /:\n{service.stop()}")
+                raise RuntimeError(f"css-inference-service did not answer GET /health:\n{service.stop()}")
             time.sleep(0.05)
 
     yield start

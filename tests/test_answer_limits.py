@@ -111,7 +111,6 @@ def test_a_long_stream_of_events_below_the_limit_is_served_whole(
 
 
 @needs_openai
-@pytest.mark.xfail(strict=True, reason="the pipeline does not yet put the worker's limits in each PreparedCall")
 def test_the_configured_limits_are_kept(
     double: ProviderDouble, service: Callable[..., str], http: httpx.Client
 ) -> None:

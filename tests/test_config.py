@@ -275,5 +275,5 @@ def test_startup_log_names_providers_and_never_the_key(
     log = service.stop()
     assert "serving OPENAI" in log
     assert "not serving OPENAI" not in log
-    assert "job failed (502)" in log
+    assert "job finished" in log and "status=502" in log and "error=ProviderFailed" in log
     assert secret not in log

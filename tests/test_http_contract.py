@@ -87,12 +87,12 @@ def test_a_wrong_or_missing_bearer_token_is_a_401(
     assert double.requests == []
 
 
-def test_the_index_needs_no_token(service: Callable[..., str], http: httpx.Client) -> None:
+def test_the_index_needs_the_token_as_it_shows_the_keys(service: Callable[..., str], http: httpx.Client) -> None:
     url = service(CSS_BEARER_TOKEN=TOKEN)
-    response = http.get(f"{url}/")
+    assert_error(http.get(f"{url}/"), 401)
+    response = http.get(f"{url}/", headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 200
-    assert "providers" in response.json()
-    assert_error(http.get(f"{url}/service-resources"), 401)  # the same service does check its guarded routes
+    assert "providers" in response.json() and "keys" in response.json()
 
 
 # -- methods ------------------------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from tests.test_answer_limits import events_of
 
 __all__ = ("serve_acme",)  # the fixture, imported for pytest to find
 
-PENDING = pytest.mark.xfail(strict=True, reason="the pipeline does not yet pass each event's name (Attempts.texts_of)")
 
 
 class Named(Acme):
@@ -47,7 +46,6 @@ def named_stream(*events: tuple[str | None, str], framing: Framing | None = None
     return Stream([Event({"t": text}, event=name) for name, text in events], framing=framing)
 
 
-@PENDING
 @pytest.mark.parametrize("framing", [Framing(), Framing(crlf=True, compact=True, split=True, split_pause=0)],
                          ids=["plain", "crlf-compact-split"])
 def test_hook_css_parse_stream_event_reads_the_events_names(
@@ -65,7 +63,6 @@ def test_hook_css_parse_stream_event_reads_the_events_names(
     assert plugin.names == ["thought", "delta", "thought", "delta", "message", "done"]
 
 
-@PENDING
 def test_an_event_named_as_an_error_fails_the_stream(
     double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client
 ) -> None:

@@ -23,6 +23,10 @@ from uvicorn.supervisors import Multiprocess
 
 __all__ = ("Workers", "bind_listeners", "serve")
 
+# A new worker imports the whole service before it can answer the supervisor's health check:
+# on a busy machine that takes longer than uvicorn's default, which then kills the worker it
+# has just started, and the next one, in a chain.
+_HEALTHCHECK_SECONDS = 30
 logger = logging.getLogger("css_core")
 
 
@@ -106,9 +110,11 @@ def _ended(exitcode: int | None) -> str:
 def serve(app: str, host: str, port: int, workers: int, **options: Any) -> None:
     """Run `workers` (2 or more) worker processes of the app factory `app` on `host:port`."""
     if not hasattr(socket, "SO_REUSEPORT"):
-        uvicorn.run(app, factory=True, host=host, port=port, workers=workers, **options)
+        uvicorn.run(app, factory=True, host=host, port=port, workers=workers,
+                    timeout_worker_healthcheck=_HEALTHCHECK_SECONDS, **options)
         return
-    config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers, **options)
+    config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers,
+                            timeout_worker_healthcheck=_HEALTHCHECK_SECONDS, **options)
     try:
         listeners = bind_listeners(host, port, workers)
     except OSError as exc:

@@ -46,7 +46,7 @@ from css_core.errors import (
 from css_core.jobs.decode import Job
 from css_core.jobs.retry import is_retryable, wait_seconds
 from css_core.providers.default_call import ErrorAnswer
-from css_core.providers.http import unreachable
+from css_core.providers.http import ProviderHTTP, named_events, unreachable
 from css_core.providers.registry import Provider
 from css_core.types import CSSRequest, PreparedCall
 
@@ -123,14 +123,15 @@ class Attempts:
 
     # -- the attempts --------------------------------------------------------------------------------------
 
-    def call(self, timeout: float) -> PreparedCall:
-        """One attempt's request, with the next key's headers."""
+    def call(self, http: ProviderHTTP) -> PreparedCall:
+        """One attempt's request, with the next key's headers, and the worker's timeout and limits."""
         self.attempts += 1
         provider = self.provider
         pool = provider.pool
         if pool.size > 1 or pool.paused or self.refused:
             self.key = pool.pick(self.refused)
-        return PreparedCall(self.url, provider.headers_for(self.key), self.content, timeout)
+        return PreparedCall(self.url, provider.headers_for(self.key), self.content, http.timeout,
+                            http.max_answer_bytes, http.max_event_bytes)
 
     def retrying(self) -> Retrying:
         """This job's tenacity controller: the job's strategies, deferring to the provider's policy."""
@@ -281,9 +282,9 @@ class Attempts:
         that text is relayed: it is kept in `failed_event`, for the next read to raise."""
         parse, request = self.provider.hooks.parse_stream_event, self.request
         texts: list[str] = []
-        for data in events_of(events):
+        for event, data in named_events(events):
             try:
-                text = self.plugin_step(parse, "stream event", request=request, data=data)
+                text = self.plugin_step(parse, "stream event", request=request, data=data, event=event)
             except Exception as exc:
                 if not texts:
                     raise

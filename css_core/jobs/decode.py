@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from css_core.jobs import codec
 from css_core.config import Settings
 from css_core.errors import InvalidJob, ProofsNotSupported
+from css_core.jobs import codec
 from css_core.jobs.messages import JobInput, JobLocation, OffchainRequest
 from css_core.operations.record import JobRecord
 from css_core.providers.registry import Registry

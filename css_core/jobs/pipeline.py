@@ -240,7 +240,7 @@ class Pipeline:
         provider = attempts.provider
         hooks, spec = provider.hooks, provider.spec
         try:
-            body = await hooks.call(spec=spec, call=attempts.call(self.settings.request_timeout),
+            body = await hooks.call(spec=spec, call=attempts.call(self.http),
                                     client=self.http.client, transport=self.http.transport_for(provider.base_url))
         except Exception as exc:
             raise attempts.attempt_failure(exc) from None
@@ -254,7 +254,7 @@ class Pipeline:
         """One attempt of a stream, until its first text; an empty stream is no answer."""
         provider = attempts.provider
         hooks, spec = provider.hooks, provider.spec
-        upstream = hooks.call_stream(spec=spec, call=attempts.call(self.settings.request_timeout),
+        upstream = hooks.call_stream(spec=spec, call=attempts.call(self.http),
                                      client=self.http.client, transport=self.http.transport_for(provider.base_url))
         attempts.input_tokens = attempts.output_tokens = 0  # a failed attempt's usage is not the answer's
         without_text: deque[bytes] = deque(maxlen=8)  # for the plugin to say why, if no text comes

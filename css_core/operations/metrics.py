@@ -27,8 +27,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import struct
+import tempfile
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path

@@ -21,14 +21,8 @@ without text included (an error naming why; see `openai_format.no_text`).
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping
-from typing import Annotated, Literal
-
-import msgspec
-
-from css_core.providers import openai_format
 from css_core.config import CompatibleProvider
+from css_core.providers import openai_format
 from css_core.providers.hookspecs import hookimpl
 from css_core.types import CSSRequest, ProviderCall, ProviderSpec, Result, Usage
 

@@ -53,7 +53,9 @@ class _Delta(msgspec.Struct):
 
 
 class _StreamChoice(msgspec.Struct):
-    delta: _Delta
+    # a choice may come without a `delta`, or with a null one (Azure's asynchronous content
+    # filter annotates a stream so): it carries no text
+    delta: _Delta | None = None
     finish_reason: str | None = None
 
 
@@ -134,7 +136,8 @@ def chat_result(body: bytes, name: str = "the provider") -> str:
 def chat_stream_text(data: bytes) -> str | None:
     """`choices[0].delta.content` of a streamed chat-completion chunk."""
     choices = _chunk.decode(data).choices
-    return choices[0].delta.content if choices else None
+    delta = choices[0].delta if choices else None
+    return delta.content if delta is not None else None
 
 
 def chat_stream_without_text(name: str, events: list[bytes]) -> None:
@@ -143,7 +146,7 @@ def chat_stream_without_text(name: str, events: list[bytes]) -> None:
     last `finish_reason`, or that none of them held a choice. Return `None` when they name
     no reason (a stream cut before its end)."""
     choices = [choice for data in events for choice in _chunk.decode(data).choices[:1]]
-    refusal = "".join(choice.delta.refusal or "" for choice in choices)
+    refusal = "".join(choice.delta.refusal or "" for choice in choices if choice.delta is not None)
     reason = next((choice.finish_reason for choice in reversed(choices) if choice.finish_reason), None)
     if refusal or reason or not choices:
         raise no_text(name, reason, refusal=refusal, no_choices=not choices)

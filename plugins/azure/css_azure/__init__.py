@@ -109,31 +109,14 @@ def css_postprocess(spec: ProviderSpec, request: CSSRequest, body: bytes) -> Res
     return openai_format.chat_result(body, spec.name)
 
 
-def _with_delta(data: bytes) -> bytes:
-    """The chunk with an empty `delta` in each choice that has none (or a null one), as
-    OpenAI's format requires: Azure's asynchronous content filter sends its annotations so."""
-    chunk = msgspec.json.decode(data)
-    choices = chunk.get("choices") if isinstance(chunk, dict) else None
-    for choice in choices if isinstance(choices, list) else ():
-        if isinstance(choice, dict) and choice.get("delta") is None:
-            choice["delta"] = {}
-    return msgspec.json.encode(chunk)
-
-
 @hookimpl
 def css_parse_stream_event(data: bytes) -> str | None:
-    try:
-        return openai_format.chat_stream_text(data)
-    except msgspec.ValidationError:  # rare (an annotation chunk): the common chunk is read once
-        return openai_format.chat_stream_text(_with_delta(data))
+    return openai_format.chat_stream_text(data)
 
 
 @hookimpl
 def css_stream_without_text(spec: ProviderSpec, events: list[bytes]) -> None:
-    try:
-        openai_format.chat_stream_without_text(spec.name, events)
-    except msgspec.ValidationError:
-        openai_format.chat_stream_without_text(spec.name, [_with_delta(data) for data in events])
+    openai_format.chat_stream_without_text(spec.name, events)
 
 
 @hookimpl
