@@ -238,16 +238,47 @@ def service_app() -> Any:
 def pyreqwest_transport(timeout: float = TIMEOUT, cafile: str | None = None) -> Any:
     """pyreqwest's httpx transport, configured as close to the service's pool as its builder
     allows: no connection limit, the connect and read timeouts, no redirects, `SSL_CERT_FILE`'s
-    authorities added (reqwest adds them to its own roots rather than replacing them)."""
+    authorities added (reqwest adds them to its own roots rather than replacing them).
+
+    One change to the transport as shipped: an answer's body is handed over as it arrives. As
+    shipped, a request buffers up to 64 KiB of the body before the answer's head is returned
+    (`streamed_read_buffer_limit`), and the body is read in pieces of pyreqwest's default size
+    (`read()`, which waits to fill one): a whole SSE stream came out in one piece at its end.
+    The transport has no parameter for either, so a subclass sets the first on each request and
+    reads each chunk as it comes (`read_chunk()`), through the transport's own mapping."""
+    from contextlib import AsyncExitStack
+
     from pyreqwest.client import ClientBuilder
     from pyreqwest.compatibility.httpx import HttpxTransport
+    from pyreqwest.compatibility.httpx._internal import build_httpx_response, map_exception, map_extensions
+    from pyreqwest.compatibility.httpx.transport import ResponseStream
+    from pyreqwest.exceptions import PyreqwestError
+
+    class Stream(ResponseStream):  # type: ignore[misc]
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            while (chunk := await self._body_reader.read_chunk()) is not None:
+                yield bytes(chunk)
+
+    class Transport(HttpxTransport):  # type: ignore[misc]
+        async def handle_async_request(self, request: Any) -> Any:
+            builder = self._client.request(request.method, str(request.url)).headers(request.headers.multi_items())
+            builder = map_extensions(self._map_body(builder, request), request).streamed_read_buffer_limit(1)
+            stack = AsyncExitStack()
+            try:
+                response = await stack.enter_async_context(builder.build_streamed())
+                return build_httpx_response(response, response_stream=Stream(response, stack))
+            except Exception as exc:
+                await stack.aclose()
+                if isinstance(exc, PyreqwestError) and (mapped := map_exception(exc, request)):
+                    raise mapped from exc
+                raise
 
     builder = ClientBuilder().connect_timeout(timedelta(seconds=timeout)).read_timeout(
         timedelta(seconds=timeout)).follow_redirects(False)
     if cafile:
         with open(cafile, "rb") as f:
             builder = builder.add_root_certificate_pem(f.read())
-    return HttpxTransport(builder.build())
+    return Transport(builder.build())
 
 
 def service_pyreqwest_app() -> Any:
