@@ -235,7 +235,7 @@ def service_app() -> Any:
     return worker_app()
 
 
-def pyreqwest_transport(timeout: float = TIMEOUT, cafile: str | None = None) -> Any:
+def pyreqwest_transport(timeout: float = TIMEOUT, cafile: str | None = None, shipped: bool = False) -> Any:
     """pyreqwest's httpx transport, configured as close to the service's pool as its builder
     allows: no connection limit, the connect and read timeouts, no redirects, `SSL_CERT_FILE`'s
     authorities added (reqwest adds them to its own roots rather than replacing them).
@@ -245,7 +245,8 @@ def pyreqwest_transport(timeout: float = TIMEOUT, cafile: str | None = None) -> 
     (`streamed_read_buffer_limit`), and the body is read in pieces of pyreqwest's default size
     (`read()`, which waits to fill one): a whole SSE stream came out in one piece at its end.
     The transport has no parameter for either, so a subclass sets the first on each request and
-    reads each chunk as it comes (`read_chunk()`), through the transport's own mapping."""
+    reads each chunk as it comes (`read_chunk()`), through the transport's own mapping.
+    `shipped`: the transport as shipped, for comparison."""
     from contextlib import AsyncExitStack
 
     from pyreqwest.client import ClientBuilder
@@ -278,7 +279,7 @@ def pyreqwest_transport(timeout: float = TIMEOUT, cafile: str | None = None) -> 
     if cafile:
         with open(cafile, "rb") as f:
             builder = builder.add_root_certificate_pem(f.read())
-    return Transport(builder.build())
+    return (HttpxTransport if shipped else Transport)(builder.build())
 
 
 def service_pyreqwest_app() -> Any:

@@ -1,10 +1,11 @@
 """For measurement only: the service's provider calls through pyreqwest's httpx transport.
 
-With this directory on `PYTHONPATH` and `BENCH_PYREQWEST=1`, every Python process
+With this directory and bench/ on `PYTHONPATH` and `BENCH_PYREQWEST=1`, every Python process
 (pytest, and the command line and its workers that tests launch) swaps each `ProviderHTTP`'s
 transport and client for pyreqwest's once the pool is opened (bench/variants.py
-`pyreqwest_transport`, given the `SSL_CERT_FILE` of the settings), so that the project's own
-transport tests can be run against it:
+`pyreqwest_transport`, given the `SSL_CERT_FILE` of the settings; `BENCH_PYREQWEST=shipped`:
+the transport as pyreqwest ships it), so that the project's own transport tests can be run
+against it:
 
     BENCH_PYREQWEST=1 PYTHONPATH=bench/pyreqwest_site:bench pytest tests/test_tls.py ...
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-if os.environ.get("BENCH_PYREQWEST") == "1":
+if (_SWITCH := os.environ.get("BENCH_PYREQWEST")) in ("1", "shipped"):
     import httpx
     from variants import pyreqwest_transport
 
@@ -31,7 +32,7 @@ if os.environ.get("BENCH_PYREQWEST") == "1":
     async def __aenter__(self):  # type: ignore[no-untyped-def]
         await _enter(self)
         old = self.client
-        self.transport = pyreqwest_transport(self.timeout, self.bench_cafile)
+        self.transport = pyreqwest_transport(self.timeout, self.bench_cafile, shipped=_SWITCH == "shipped")
         self.client = httpx.AsyncClient(transport=self.transport, timeout=self.timeout, trust_env=False)
         self._transports = dict.fromkeys(self._transports, self.transport)
         await old.aclose()
