@@ -197,7 +197,7 @@ class _Parser:
         while self.peek() == "[":
             close = self.s.find("]", self.i)
             size = self.s[self.i + 1: close].strip() if close >= 0 else None
-            if size is None or (size and not size.isdigit()):
+            if size is None or (size and not (size.isascii() and size.isdigit())):
                 self.fail(f"`{self.s[self.i: close + 1 if close >= 0 else None]}` is not an array size", start)
             self.i = close + 1
             length = int(size) if size else None
