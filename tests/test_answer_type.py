@@ -190,6 +190,8 @@ def test_read_accepts(text: str, answer: str | bytes, values: tuple[Any, ...]) -
     (VERDICT, '{"approved": true, "confidence": 1}', "the typed answer has no `reason`"),
     (VERDICT, '{"approved": true, "confidence": 1, "reason": "", "why": ""}',
      "the typed answer has `why`, which answer_type does not name"),
+    (VERDICT, '{"approved": true, "confidence": 1, "reason": "", "' + "w" * 500 + '": ""}',
+     "the typed answer has `" + "w" * 39 + "…`, which answer_type does not name"),
     (NESTED, '{"ok": true, "parts": [{"label": "a", "scores": []}]}', "the typed answer's `parts` has 1 items, not 2"),
     (NESTED, '{"ok": true, "parts": {"label": "a"}}', "the typed answer's `parts` is {\"label\":\"a\"}, not a list"),
     (NESTED, '{"ok": true, "parts": [{"label": "a", "scores": []}, {"label": "b"}]}',

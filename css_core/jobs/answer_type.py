@@ -221,6 +221,12 @@ class _Parser:
         return word
 
 
+def _bounds(node: _Elem) -> tuple[int, int]:
+    if node.kind == "uint":
+        return 0, 2**node.bits - 1
+    return -(2 ** (node.bits - 1)), 2 ** (node.bits - 1) - 1
+
+
 def _show(value: Any) -> str:
     text = msgspec.json.encode(value).decode()
     return text if len(text) <= 60 else text[:59] + "…"
@@ -239,7 +245,8 @@ def _read(node: _Node, value: Any, path: str) -> Any:
             _bad(path, f"has no `{missing[0]}`")
         extra = [key for key in value if key not in node.names]
         if extra:
-            _bad(path, f"has `{extra[0]}`, which answer_type does not name")
+            _bad(path, f"has `{extra[0] if len(extra[0]) <= 40 else extra[0][:39] + '…'}`, "
+                       "which answer_type does not name")
         return tuple(_read(item, value[name], f"{path}.{name}" if path else name)
                      for name, item in zip(node.names, node.items, strict=True))
     if isinstance(node, _Array):
@@ -279,10 +286,10 @@ def _read_int(node: _Elem, value: Any, path: str) -> int:
         n = int(value)
     else:
         _bad(path, f"is {_show(value)}, not a whole number (a JSON integer or a decimal string)")
-    lo, hi = (0, 2**node.bits - 1) if node.kind == "uint" else (-(2 ** (node.bits - 1)), 2 ** (node.bits - 1) - 1)
+    lo, hi = _bounds(node)
     if not lo <= n <= hi:
-        _bad(path, f"is {_show(n) if abs(n) < 10**40 else 'a ' + str(len(str(abs(n)))) + '-digit number'}, "
-                   f"out of range for {_abi(node)}")
+        shown = str(n) if len(str(n)) <= 40 else f"a {len(str(abs(n)))}-digit number"
+        _bad(path, f"is {shown}, out of range for {_abi(node)}")
     return n
 
 
@@ -297,7 +304,7 @@ def _schema(node: _Node) -> dict[str, Any]:
             array.update(minItems=node.length, maxItems=node.length)
         return array
     if node.kind in ("uint", "int"):
-        lo, hi = (0, 2**node.bits - 1) if node.kind == "uint" else (-(2 ** (node.bits - 1)), 2 ** (node.bits - 1) - 1)
+        lo, hi = _bounds(node)
         if hi <= _JSON_SAFE:
             return {"type": "integer", "minimum": lo, "maximum": hi}
         return {"type": "string", "pattern": "^-?[0-9]+$",
