@@ -16,10 +16,14 @@ vLLM or Ollama). As for a plugin's provider, `<NAME>_BASE_URL` replaces `base_ur
 
 `build_registry` registers one `CompatiblePlugin` per entry on the plugin manager, so each
 is served exactly like an installed plugin that speaks OpenAI's wire format, an answer
-without text included (an error naming why; see `openai_format.no_text`).
+without text included (an error naming why; see `openai_format.no_text`), and a typed answer
+asked for with OpenAI's structured outputs (`openai_format.json_schema_format`): a server
+without them refuses the field, and the job fails with its error.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from css_core.config import CompatibleProvider
 from css_core.providers import openai_format
@@ -59,6 +63,10 @@ class CompatiblePlugin:
         if request.endpoint == "embeddings":
             return openai_format.embeddings_call(request)
         return None
+
+    @hookimpl
+    def css_encode_answer_format(self, request: CSSRequest, schema: dict[str, Any]) -> dict[str, Any] | None:
+        return openai_format.json_schema_format(schema) if request.endpoint == "completions" else None
 
     @hookimpl
     def css_postprocess(self, request: CSSRequest, body: bytes) -> Result:

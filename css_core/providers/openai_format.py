@@ -8,6 +8,9 @@ only when another try could differ: a refusal, a content filter, a length stop o
 call would come back the same, so it is not retried (a second call would be billed for
 nothing). No choices, or an empty text that ended normally (`stop`) or without a reason, is
 retried: the provider gave no cause that would repeat, and a new sample may hold text.
+
+A typed answer (a job with an answer type) is asked for with `json_schema_format`, OpenAI's
+structured outputs; the answer's JSON is then the message's content, read by `chat_result`.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from css_core.types import CSSRequest, ProviderCall, Usage
 
 __all__ = (
     "chat_call", "chat_result", "chat_stream_text", "chat_stream_without_text", "embeddings_call",
-    "embeddings_result", "no_text", "usage",
+    "embeddings_result", "json_schema_format", "no_text", "usage",
 )
 
 # The finish reasons another try would repeat, and what the caller can do about them
@@ -100,6 +103,21 @@ def chat_call(request: CSSRequest, path: str = "/chat/completions", *, stream_us
         if stream_usage:
             body["stream_options"] = {"include_usage": True}
     return ProviderCall(path, body)
+
+
+def json_schema_format(schema: dict[str, Any], name: str = "answer", *, strict: bool = True) -> dict[str, Any]:
+    """The body fields asking for an answer of JSON following `schema` (OpenAI's structured outputs),
+    for `css_encode_answer_format`: `{"response_format": {"type": "json_schema", "json_schema":
+    {"name": name, "strict": true, "schema": schema}}}`.
+
+    `strict=False` leaves `strict` out, for a provider that does not take it (Perplexity). The
+    answer's JSON arrives as the message's content: `chat_result` reads it like any text.
+    """
+    format_: dict[str, Any] = {"name": name, "schema": schema}
+    if strict:
+        # strict: the provider's decoder keeps to the schema, instead of only being shown it
+        format_ = {"name": name, "strict": True, "schema": schema}
+    return {"response_format": {"type": "json_schema", "json_schema": format_}}
 
 
 def no_text(name: str, finish_reason: str | None = None, *, refusal: str | None = None,

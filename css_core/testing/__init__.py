@@ -33,6 +33,7 @@ from css_core.testing.openai_api import openai_error, openai_routes
 from css_core.testing.routes import RecordedRequest, Reject, Replies, Route, split_text
 from css_core.testing.service import ServiceServer, build_app, serve_service
 from css_core.testing.sse import DONE, Event, Framing, Stream
+from css_core.testing.typed import example_answer, typed_reply
 
 if TYPE_CHECKING:
     from css_core.testing.fixtures import css_service, provider_double
@@ -56,6 +57,7 @@ __all__ = (
     "azure_routes",
     "build_app",
     "css_service",
+    "example_answer",
     "gemini_error",
     "gemini_key_invalid",
     "gemini_routes",
@@ -64,6 +66,7 @@ __all__ = (
     "provider_double",
     "serve_service",
     "split_text",
+    "typed_reply",
 )
 
 _FIXTURES = ("css_service", "provider_double")

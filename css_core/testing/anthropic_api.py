@@ -4,8 +4,10 @@
 `max_tokens` is required. The answer holds content blocks; with `"stream": true` it is
 named events (`message_start`, `content_block_start`, `ping`, `content_block_delta` with
 `{"type": "text_delta", "text": ...}`, `content_block_stop`, `message_delta`,
-`message_stop`) and the stream ends by closing, with no `[DONE]`. Errors are
-`{"type": "error", "error": {"type", "message"}}`.
+`message_stop`) and the stream ends by closing, with no `[DONE]`. A request forcing one of
+its tools (`tool_choice: {"type": "tool", "name": ...}`) is answered a `tool_use` block whose
+`input` follows the tool's `input_schema` (`typed_reply`), with `stop_reason: "tool_use"`.
+Errors are `{"type": "error", "error": {"type", "message"}}`.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import itertools
 from functools import partial
 from typing import Any
 
+import msgspec
+
 from css_core.testing.routes import RecordedRequest, Reject, Replies, Route, split_text
 from css_core.testing.sse import Event, Stream
+from css_core.testing.typed import typed_reply
 
 __all__ = ("ANTHROPIC_VERSION", "anthropic_error", "anthropic_routes")
 
@@ -53,6 +58,14 @@ def _text_of(content: Any) -> str:
     raise Reject(400, "messages: content must be a string or a list of content blocks")
 
 
+def _forced_tool(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool `tool_choice` forces (`{"type": "tool", "name": ...}`), if `tools` has it."""
+    choice, tools = body.get("tool_choice"), body.get("tools")
+    if not isinstance(choice, dict) or choice.get("type") != "tool" or not isinstance(tools, list):
+        return None
+    return next((t for t in tools if isinstance(t, dict) and t.get("name") == choice.get("name")), None)
+
+
 def _messages(double: Replies, request: RecordedRequest) -> Any:
     body = request.json
     if not isinstance(body, dict):
@@ -73,6 +86,10 @@ def _messages(double: Replies, request: RecordedRequest) -> Any:
         "usage": {"input_tokens": n_in, "output_tokens": n_out},
     }
     if body.get("stream") is not True:
+        if (tool := _forced_tool(body)) is not None:
+            use = {"type": "tool_use", "id": f"toolu_{next(_IDS):024d}", "name": tool["name"],
+                   "input": msgspec.json.decode(typed_reply(double, tool.get("input_schema")))}
+            return {**message, "content": [use], "stop_reason": "tool_use"}
         return message
     start = {**message, "content": [], "stop_reason": None, "usage": {"input_tokens": n_in, "output_tokens": 1}}
     deltas = [

@@ -4,7 +4,8 @@
 `:streamGenerateContent?alt=sse` streams, each event's `data` a whole response chunk
 `{"candidates": [{"content": {"parts": [{"text": ...}], "role": "model"}}], ...}`, the last
 with `"finishReason": "STOP"`, and ends by closing (without `alt=sse` the chunks come as one
-JSON array); `:embedContent` answers `{"embedding": {"values": [...]}}`. Errors are
+JSON array); `:embedContent` answers `{"embedding": {"values": [...]}}`. A request with a
+`generationConfig.responseSchema` is answered JSON following it (`typed_reply`). Errors are
 `{"error": {"code", "message", "status"}}`; a wrong key is a 400 `API_KEY_INVALID`.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from css_core.testing.routes import RecordedRequest, Reject, Replies, Route, split_text
 from css_core.testing.sse import Stream
+from css_core.testing.typed import typed_reply
 
 __all__ = ("gemini_error", "gemini_key_invalid", "gemini_routes")
 
@@ -75,7 +77,9 @@ def _generate(double: Replies, mode: str, request: RecordedRequest) -> Any:
     if not isinstance(contents, list) or not contents:
         raise Reject(400, "* GenerateContentRequest.contents: contents is not specified")
     model = request.params["model"]
-    text = double.text_for(model, _texts(contents[-1]))
+    config = body.get("generationConfig")
+    schema = config.get("responseSchema") if isinstance(config, dict) else None
+    text = double.text_for(model, _texts(contents[-1])) if schema is None else typed_reply(double, schema).decode()
     n_in = sum(len(_texts(c).split()) for c in contents)
 
     def chunk(piece: str, n_out: int, finish: bool) -> dict[str, Any]:

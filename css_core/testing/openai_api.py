@@ -3,7 +3,8 @@
 Routes match on the end of the path, so any base prefix works (`{url}/v1` for OpenAI and
 GooseAI, `{url}` for Perplexity): `POST .../chat/completions` (streamed with
 `"stream": true`, ending in `data: [DONE]`), `POST .../embeddings` and GooseAI's
-`POST .../engines/{model}/completions`.
+`POST .../engines/{model}/completions`. A chat completion asking for structured outputs
+(`response_format` of type `json_schema`) is answered JSON following its schema (`typed_reply`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import msgspec
 
 from css_core.testing.routes import RecordedRequest, Reject, Replies, Route, split_text
 from css_core.testing.sse import Stream
+from css_core.testing.typed import typed_reply
 
 __all__ = ("openai_error", "openai_routes")
 
@@ -73,7 +75,8 @@ def _chat(double: Replies, request: RecordedRequest) -> Any:
         raise Reject(400, "'model' and a non-empty 'messages' list are required")
     last = messages[-1].get("content") if isinstance(messages[-1], dict) else None
     last = last if isinstance(last, str) else msgspec.json.encode(last).decode()
-    text = double.text_for(model, last)
+    schema = _answer_schema(body)
+    text = double.text_for(model, last) if schema is None else typed_reply(double, schema).decode()
     base = _base(model)
     base["id"] = f"chat{base['id']}"  # chatcmpl-N
     n_in = sum(len(str(m.get("content", "")).split()) for m in messages if isinstance(m, dict))
@@ -93,6 +96,15 @@ def _chat(double: Replies, request: RecordedRequest) -> Any:
         return Stream(events, done=True)
     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
     return {**base, "object": "chat.completion", "choices": [choice], "usage": usage}
+
+
+def _answer_schema(body: dict[str, Any]) -> Any:
+    """The schema of structured outputs (`response_format` of type `json_schema`), None without."""
+    asked = body.get("response_format")
+    if not isinstance(asked, dict) or asked.get("type") != "json_schema":
+        return None
+    found = asked.get("json_schema")
+    return found.get("schema") if isinstance(found, dict) else None
 
 
 def _embeddings(double: Replies, request: RecordedRequest) -> Any:

@@ -22,6 +22,7 @@ class Replies(Protocol):
     """What a provider's routes ask the double that serves them (`ProviderDouble` is one)."""
 
     stream_chunks: int  # how many text events a stream has
+    reply: str | None  # the text of every completion (and a typed one's JSON); None: the default answers
 
     def text_for(self, model: str, last_content: str) -> str:
         """The completion's text for a model and the conversation's last message."""

@@ -25,11 +25,20 @@ Completions: `POST /v1/messages` with `{model, max_tokens, system?, messages}`.
 - Usage: the message's `usage` (`input_tokens`, `output_tokens`); streamed, the
   `message.usage` of `message_start` and the running `usage` of each `message_delta`.
 
+Typed answers: one forced tool, `tools: [{"name": "answer", "description", "input_schema":
+<the answer's schema>}]` with `tool_choice: {"type": "tool", "name": "answer"}`; the answer is
+the `input` of the message's `tool_use` block named `answer`, passed on verbatim as JSON. A
+message without that block is an error naming its `stop_reason`, retried as for text.
+(Anthropic refuses a forced tool with extended thinking: such a job's `thinking` option
+makes it a 400 from Anthropic.)
+
 Errors are `{"type": "error", "error": {"type", "message"}}`; 529 (`overloaded_error`) is
 retried like a 503. There is no embeddings endpoint.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 
@@ -57,12 +66,18 @@ _FINAL = {
     "tool_use": "the model asked to call a tool, which this service does not run",
     "pause_turn": "the model paused a long turn, which this service does not resume",
 }
+# the one tool a typed job's request offers, and forces
+_ANSWER_TOOL = "answer"
+_ANSWER_DESCRIPTION = "Give your answer to the conversation, as this tool's input."
 
 
 class _Block(msgspec.Struct):  # a content block, or an event's delta
     type: str = ""
     text: str = ""
     stop_reason: str | None = None  # a `message_delta`'s
+    name: str = ""  # a `tool_use` block's
+    # kept as sent: a typed answer's JSON goes on to be checked as the provider wrote it
+    input: msgspec.Raw = msgspec.Raw()
 
 
 class _Usage(msgspec.Struct):
@@ -133,18 +148,33 @@ def css_encode_params(request: CSSRequest) -> ProviderCall | None:
     return ProviderCall("/v1/messages", body)
 
 
-def _no_text(stop_reason: str | None) -> ProviderBadResponse:
+@hookimpl
+def css_encode_answer_format(request: CSSRequest, schema: dict[str, Any]) -> dict[str, Any] | None:
+    if request.endpoint != "completions":
+        return None
+    tool = {"name": _ANSWER_TOOL, "description": _ANSWER_DESCRIPTION, "input_schema": schema}
+    return {"tools": [tool], "tool_choice": {"type": "tool", "name": _ANSWER_TOOL}}
+
+
+def _no_text(stop_reason: str | None, missing: str = "text") -> ProviderBadResponse:
     if stop_reason == "refusal":
         return ProviderBadResponse("ANTHROPIC refused to answer (stop_reason: refusal)", retryable=False)
-    said = f"ANTHROPIC answered no text (stop_reason: {stop_reason or 'none'})"
-    if stop_reason in _FINAL:
-        return ProviderBadResponse(f"{said}; {_FINAL[stop_reason]}", retryable=False)
+    said = f"ANTHROPIC answered no {missing} (stop_reason: {stop_reason or 'none'})"
+    # a typed job asks for a tool call: `tool_use` without the answer's is no cause that would repeat
+    final = _FINAL.get(stop_reason or "") if missing == "text" or stop_reason != "tool_use" else None
+    if final:
+        return ProviderBadResponse(f"{said}; {final}", retryable=False)
     return ProviderBadResponse(said)
 
 
 @hookimpl
-def css_postprocess(body: bytes) -> str:
+def css_postprocess(request: CSSRequest, body: bytes) -> str:
     message = _message.decode(body)
+    if request.answer_schema is not None:
+        for block in message.content:
+            if block.type == "tool_use" and block.name == _ANSWER_TOOL and len(block.input):
+                return bytes(block.input).decode()
+        raise _no_text(message.stop_reason, f"typed answer (no `{_ANSWER_TOOL}` tool call)")
     if text := "".join(block.text for block in message.content if block.type == "text"):
         return text
     raise _no_text(message.stop_reason)

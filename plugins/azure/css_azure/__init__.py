@@ -20,6 +20,9 @@ call carries `?api-version=<AZURE_API_VERSION>` (default `2024-10-21`).
   choice has no `delta` (only `content_filter_results`); neither carries text.
 - Usage: the answer's `usage`; a stream asks for it (`stream_options.include_usage`) from
   API version 2024-09-01 on, as older versions refuse the field.
+- Typed answers: structured outputs, as OpenAI's (`response_format` of type `json_schema`,
+  strict); the answer's JSON is the message's content. API versions before 2024-08-01
+  (preview) refuse the field: with one of them, AZURE takes no typed answers.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ __all__ = ("API_VERSION",)
 API_VERSION = "2024-10-21"
 # the first version whose chat completions accept `stream_options`
 _STREAM_USAGE_SINCE = "2024-09-01"
+# the first version whose chat completions accept a `json_schema` response format
+_TYPED_SINCE = "2024-08-01"
 # the version lands in the query string: a stray space or `&` would fail every job as a bad URL
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -85,7 +90,8 @@ def css_provider(config: Settings) -> ProviderSpec:
         endpoints=("completions", "embeddings"),
         auth_header="api-key",
         auth_scheme=None,
-        settings={"api_version": version, "stream_usage": version >= _STREAM_USAGE_SINCE},
+        settings={"api_version": version, "stream_usage": version >= _STREAM_USAGE_SINCE,
+                  "typed_answers": version >= _TYPED_SINCE},
     )
 
 
@@ -100,6 +106,13 @@ def css_encode_params(spec: ProviderSpec, request: CSSRequest) -> ProviderCall |
     else:
         return None
     return ProviderCall(call.path, call.body, {"api-version": spec.settings["api_version"]})
+
+
+@hookimpl
+def css_encode_answer_format(spec: ProviderSpec, request: CSSRequest, schema: dict[str, Any]) -> dict[str, Any] | None:
+    if request.endpoint != "completions" or not spec.settings["typed_answers"]:
+        return None
+    return openai_format.json_schema_format(schema)
 
 
 @hookimpl

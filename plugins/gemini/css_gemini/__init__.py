@@ -31,6 +31,13 @@ Completions: `POST /v1beta/models/{model}:generateContent` with
 Usage: `usageMetadata` of the answer (of each streamed chunk, a running total): input is
 `promptTokenCount`, output `candidatesTokenCount` plus the thoughts' `thoughtsTokenCount`.
 
+Typed answers: `generationConfig: {"responseMimeType": "application/json", "responseSchema":
+...}`, the answer's JSON Schema in Gemini's own form (a subset of OpenAPI's): types in
+capitals, `additionalProperties` left out (Gemini's Schema has no such field; the service
+refuses an answer with extra keys all the same), each object's `propertyOrdering` its properties in the answer
+type's order (Gemini writes keys in that order). A job's own `generationConfig` keeps its
+other fields. The answer's JSON is the text, read as above.
+
 Embeddings: `POST /v1beta/models/{model}:embedContent` with
 `{"content": {"parts": [{"text": input}]}}`; the vector is `embedding.values` (empty: an
 error, retried).
@@ -80,6 +87,9 @@ _IN_CONFIG = {"temperature": "temperature", "top_p": "topP", "max_tokens": "maxO
 _DELAY = re.compile(r"(\d+(?:\.\d*)?)s")  # a `google.protobuf.Duration` in JSON, e.g. "7s", "1.5s"
 # finish reasons that name no cause another try would repeat
 _AGAIN = frozenset({"STOP", "OTHER", "FINISH_REASON_UNSPECIFIED"})
+# JSON Schema keywords that Gemini's Schema has too, with the same meaning
+_SCHEMA_KEPT = ("description", "enum", "format", "minimum", "maximum", "minItems", "maxItems", "minLength",
+                "maxLength", "pattern", "nullable", "title", "required")
 
 
 class _Part(msgspec.Struct):
@@ -167,15 +177,39 @@ def css_encode_params(request: CSSRequest) -> ProviderCall | None:
     return ProviderCall(f"{model}:generateContent", body)
 
 
+def _schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema in the form of Gemini's `Schema`: what it lacks (`additionalProperties`) left out."""
+    found: dict[str, Any] = {key: schema[key] for key in _SCHEMA_KEPT if key in schema}
+    if isinstance(kind := schema.get("type"), str):
+        found["type"] = kind.upper()  # Gemini's `Type` enum
+    if isinstance(items := schema.get("items"), dict):
+        found["items"] = _schema(items)
+    if isinstance(properties := schema.get("properties"), dict):
+        found["properties"] = {name: _schema(value) for name, value in properties.items()}
+        found["propertyOrdering"] = list(properties)
+    return found
+
+
+def _answer_config(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"responseMimeType": "application/json", "responseSchema": _schema(schema)}
+
+
 @hookimpl
-def css_encode_options(options: dict[str, Any]) -> dict[str, Any]:
+def css_encode_answer_format(request: CSSRequest, schema: dict[str, Any]) -> dict[str, Any] | None:
+    return {"generationConfig": _answer_config(schema)} if request.endpoint == "completions" else None
+
+
+@hookimpl
+def css_encode_options(request: CSSRequest, options: dict[str, Any]) -> dict[str, Any]:
     body = dict(options)
     moved = {new: body.pop(old) for old, new in _IN_CONFIG.items() if old in body}
     if isinstance(moved.get("stopSequences"), str):
         moved["stopSequences"] = [moved["stopSequences"]]
     given = body.get("generationConfig", {})
-    if moved and isinstance(given, dict):  # (one that is not an object is Gemini's to refuse)
-        body["generationConfig"] = {**moved, **given}
+    # the body's `generationConfig` is replaced by the one returned here: a typed job's is kept in it
+    answer = _answer_config(request.answer_schema) if request.answer_schema is not None else {}
+    if (moved or (answer and "generationConfig" in body)) and isinstance(given, dict):
+        body["generationConfig"] = {**moved, **given, **answer}  # (one not an object is Gemini's to refuse)
     return body
 
 

@@ -10,9 +10,13 @@
   empty `data` is an error).
 - Usage: `usage.prompt_tokens` / `usage.completion_tokens` of the answer; a stream asks for
   it with `stream_options.include_usage` and gets it in a last chunk with no choices.
+- Typed answers: structured outputs, `response_format: {"type": "json_schema", "json_schema":
+  {"name": "answer", "strict": true, "schema": ...}}`; the answer's JSON is the message's content.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from css_core import CSSRequest, ProviderCall, ProviderSpec, Result, Usage, hookimpl, openai_format
 
@@ -45,6 +49,11 @@ def css_encode_params(request: CSSRequest) -> ProviderCall | None:
     if request.endpoint == "embeddings":
         return openai_format.embeddings_call(request)
     return None
+
+
+@hookimpl
+def css_encode_answer_format(request: CSSRequest, schema: dict[str, Any]) -> dict[str, Any] | None:
+    return openai_format.json_schema_format(schema) if request.endpoint == "completions" else None
 
 
 @hookimpl

@@ -6,9 +6,15 @@ an answer without text, streamed or not, is an error naming its `finish_reason`,
 only when another try could differ (see `openai_format.no_text`). Its `usage`
 (`prompt_tokens`, `completion_tokens`) comes with the answer, and with each streamed chunk
 unasked.
+
+Typed answers: structured outputs, `response_format: {"type": "json_schema", "json_schema":
+{"name": "answer", "schema": ...}}` (Perplexity takes no `strict`); the answer's JSON is the
+message's content.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from css_core import CSSRequest, ProviderCall, ProviderSpec, Usage, hookimpl, openai_format
 
@@ -37,6 +43,13 @@ def css_provider() -> ProviderSpec:
 @hookimpl
 def css_encode_params(request: CSSRequest) -> ProviderCall | None:
     return openai_format.chat_call(request) if request.endpoint == "completions" else None
+
+
+@hookimpl
+def css_encode_answer_format(request: CSSRequest, schema: dict[str, Any]) -> dict[str, Any] | None:
+    if request.endpoint != "completions":
+        return None
+    return openai_format.json_schema_format(schema, strict=False)
 
 
 @hookimpl
