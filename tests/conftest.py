@@ -146,7 +146,8 @@ def shared() -> PluginSetup:
 @pytest.fixture
 def pm(shared: PluginSetup) -> Iterator[pluggy.PluginManager]:
     yield shared[0]
-    leaked = [name for name, _ in shared[0].list_name_plugin() if not name.startswith("css_core.providers.default_call")]
+    core = "css_core.providers.default_call"
+    leaked = [name for name, _ in shared[0].list_name_plugin() if not name.startswith(core)]
     assert leaked == [], "a plugin leaked"
 
 
