@@ -46,6 +46,9 @@ class CSSRequest(msgspec.Struct, frozen=True, kw_only=True):
     `messages` is set for completions, `input` for embeddings. `stream` is true when the
     answer is relayed as a stream: the plugin then asks its provider to stream. `extra_args`
     are the job's options, which the core merges into the body after the plugin has encoded it.
+    `answer_schema` is set for a completion whose answer is typed: the JSON Schema of the
+    object the answer must be (`css_encode_answer_format` asks the provider for it); `None`
+    for a plain job.
     """
 
     provider: str
@@ -55,6 +58,7 @@ class CSSRequest(msgspec.Struct, frozen=True, kw_only=True):
     input: str | None = None
     stream: bool = False
     extra_args: dict[str, Any] = {}
+    answer_schema: dict[str, Any] | None = None
 
 
 class ProviderSpec(msgspec.Struct, frozen=True, kw_only=True):

@@ -65,7 +65,9 @@ def test_golden_request() -> None:
     assert decode_request(bytes.fromhex(GOLDEN)) == OnchainRequest(0, 0, "gpt-4", (Message("user", "hi"),))
 
 
-@given(provider=st.integers(0, 255), endpoint=st.integers(0, 255), model=st.text(), messages=messages)
+# endpoint 2 has a layout of its own (tests/test_typed_answers.py)
+@given(provider=st.integers(0, 255), endpoint=st.integers(0, 255).filter(lambda e: e != 2), model=st.text(),
+       messages=messages)
 def test_byte_compatible_with_infernet_ml(
     provider: int, endpoint: int, model: str, messages: tuple[Message, ...]
 ) -> None:
@@ -190,6 +192,7 @@ def test_encode_result_examples() -> None:
 # -- differential: css_core.jobs.codec against eth-abi ------------------------------------------------------------
 
 REQUEST_TYPES = ["uint8", "uint8", "string", "(string,string)[]"]
+TYPED_REQUEST_TYPES = [*REQUEST_TYPES, "string"]  # endpoint 2's layout
 DIFFERENTIAL = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 uint8 = st.integers(0, 255)
@@ -206,18 +209,23 @@ def eth_abi_decode(raw: bytes) -> OnchainRequest | None:
     """eth-abi's strict decode of `raw` as a request, or None where eth-abi refuses it.
 
     It refuses with a `DecodingError`, a `UnicodeDecodeError`, or an `OverflowError` (a string
-    length too big for `BytesIO.read`); anything else escapes and fails the test.
+    length too big for `BytesIO.read`); anything else escapes and fails the test. An endpoint
+    word of 2 selects endpoint 2's layout, with the answer type.
     """
+    typed = raw[32:64] == word(2)
     try:
-        provider, endpoint, model, pairs = decode(REQUEST_TYPES, raw)
+        values = decode(TYPED_REQUEST_TYPES if typed else REQUEST_TYPES, raw)
     except (DecodingError, UnicodeDecodeError, OverflowError):
         return None
-    return OnchainRequest(provider, endpoint, model, tuple(Message(role, content) for role, content in pairs))
+    provider, endpoint, model, pairs = values[:4]
+    messages = tuple(Message(role, content) for role, content in pairs)
+    return OnchainRequest(provider, endpoint, model, messages, values[4] if typed else None)
 
 
 def string_bytes(request: OnchainRequest) -> int:
     """The UTF-8 bytes of all of a request's strings."""
-    texts = [request.model, *(text for m in request.messages for text in (m.role, m.content))]
+    texts = [request.model, request.answer_type or ""]
+    texts += [text for m in request.messages for text in (m.role, m.content)]
     return sum(len(text.encode()) for text in texts)
 
 
@@ -294,9 +302,14 @@ def mutate(raw: bytes, mutations: list[tuple[str, int, int]]) -> bytes:
     return bytes(data)
 
 
+def eth_abi_encode_typed(provider: int, model: str, messages: tuple[Message, ...], answer_type: str) -> bytes:
+    return encode(TYPED_REQUEST_TYPES, [provider, 2, model, [(m.role, m.content) for m in messages], answer_type])
+
+
 mutated_encodings = st.builds(
     mutate,
-    st.builds(eth_abi_encode, uint8, uint8, short_texts, short_messages),
+    st.builds(eth_abi_encode, uint8, uint8, short_texts, short_messages)
+    | st.builds(eth_abi_encode_typed, uint8, short_texts, short_messages, short_texts),
     st.lists(mutation, min_size=1, max_size=4),
 )
 

@@ -39,7 +39,8 @@ class _JobBody(msgspec.Struct):
     destination: Annotated[Literal[0, 1, 2], msgspec.Meta(description="0: on-chain, 1: off-chain, 2: stream")]
     data: OffchainRequest | Annotated[str, msgspec.Meta(
         pattern="^(0x)?([0-9a-fA-F]{2})*$",
-        description="on-chain: abi.encode(uint8 provider, uint8 endpoint, string model, (string,string)[]), as hex",
+        description="on-chain: abi.encode(uint8 provider, uint8 endpoint, string model, (string,string)[]), as hex; "
+                    "endpoint 2 (completions with a typed answer) adds a fifth field, string answer_type",
     )]
     requires_proof: bool | None = False
 

@@ -50,10 +50,13 @@ def _disk_info() -> list[dict[str, Any]]:
 
 
 def service_resources(registry: Registry) -> dict[str, Any]:
-    """Read once at start-up: the hardware, and the models of the providers served."""
+    """Read once at start-up: the hardware, and the models of the providers served; `typed_answers`
+    lists those whose plugin asks for typed answers (`css_encode_answer_format`)."""
     models = [
         {"owner": p.spec.name, "name": model} for p in registry.providers if p.served for model in p.models
     ]
+    typed = [{"owner": p.spec.name, "name": model}
+             for p in registry.providers if p.served and p.types_answers for model in p.models]
     return {
         "version": "0.1.0",
         "service_id": SERVICE_ID,
@@ -66,7 +69,8 @@ def service_resources(registry: Registry) -> dict[str, Any]:
             }
         ],
         "compute_capability": [{"id": "ml", "type": "css", "task": [], "models": models, "cached_models": [],
-                                "inference_engine": None, "inference_engine_version": None}],
+                                "inference_engine": None, "inference_engine_version": None,
+                                "typed_answers": typed}],
     }
 
 

@@ -2,8 +2,12 @@
 
 Input: `abi.encode(["uint8", "uint8", "string", "(string,string)[]"],
 [provider_id, endpoint_id, model, [(role, content), ...]])`, byte-compatible with
-`infernet_ml.utils.codec.css.encode_css_completion_request`. Output: the result as
-`abi.encode(["string"], [result])`, which the node hands to the contract's callback as
+`infernet_ml.utils.codec.css.encode_css_completion_request`. Endpoint 2 (completions with a
+typed answer) adds a fifth field, the answer's Solidity tuple type: `abi.encode(["uint8",
+"uint8", "string", "(string,string)[]", "string"], [provider_id, 2, model, messages,
+answer_type])`. The endpoint id (the second word) is read first: it says which layout the
+rest has. Output: the result as `abi.encode(["string"], [result])` (a typed answer: its
+values' own encoding), which the node hands to the contract's callback as
 `output = abi.encode(bytes raw_output, bytes processed_output)`.
 
 eth-abi decodes and encodes. What it does not do is done here: refusing data whose offsets
@@ -24,6 +28,7 @@ from css_core.types import Message
 
 __all__ = (
     "ENDPOINT_IDS",
+    "TYPED_ENDPOINT_ID",
     "OnchainRequest",
     "decode_callback_output",
     "decode_hex",
@@ -33,11 +38,16 @@ __all__ = (
     "encode_result",
 )
 
-#: The on-chain endpoint ids (infernet-ml's `CSSEndpoint`).
-ENDPOINT_IDS: dict[int, str] = {0: "completions", 1: "embeddings"}
+#: The on-chain endpoint ids: infernet-ml's `CSSEndpoint` (0, 1), and ours, completions with a typed answer (2).
+ENDPOINT_IDS: dict[int, str] = {0: "completions", 1: "embeddings", 2: "completions"}
+#: The endpoint whose requests carry an answer type (a fifth field).
+TYPED_ENDPOINT_ID = 2
 
 _REQUEST = ("uint8", "uint8", "string", "(string,string)[]")
+_TYPED_REQUEST = (*_REQUEST, "string")
 _SCHEMA = "abi.encode(uint8 provider, uint8 endpoint, string model, (string role, string content)[] messages)"
+_TYPED_SCHEMA = _SCHEMA[:-1] + ", string answer_type) (the layout of endpoint 2)"
+_TYPED_WORD = TYPED_ENDPOINT_ID.to_bytes(32, "big")
 
 
 class OnchainRequest(NamedTuple):
@@ -45,6 +55,7 @@ class OnchainRequest(NamedTuple):
     endpoint_id: int
     model: str
     messages: tuple[Message, ...]
+    answer_type: str | None = None  # endpoint 2's Solidity tuple type; None for the other endpoints
 
 
 def decode_hex(data: str) -> bytes:
@@ -58,8 +69,8 @@ def decode_hex(data: str) -> bytes:
         raise InvalidJob("on-chain data must be a hex string (with or without 0x) of even length") from None
 
 
-def _claimed_string_bytes(raw: bytes) -> int:
-    """How many bytes of strings the request's offsets and lengths claim.
+def _claimed_string_bytes(raw: bytes, typed: bool) -> int:
+    """How many bytes of strings the request's offsets and lengths claim (`typed`: the answer type's too).
 
     Read leniently: a word past the end reads short (as a smaller number), and a string
     that does not fit in the data counts nothing; eth-abi refuses such data itself.
@@ -72,7 +83,7 @@ def _claimed_string_bytes(raw: bytes) -> int:
         size = word(at)
         return size if at + 32 + size <= len(raw) else 0
 
-    total = length(word(64))
+    total = length(word(64)) + (length(word(128)) if typed else 0)
     items = word(96) + 32  # the messages' offsets start after their count
     count = min(word(items - 32), max(0, (len(raw) - items) // 32))
     for at in range(items, items + 32 * count, 32):
@@ -82,17 +93,23 @@ def _claimed_string_bytes(raw: bytes) -> int:
 
 
 def decode_request(raw: bytes) -> OnchainRequest:
-    """Decode an on-chain request; any malformed input is an `InvalidJob`."""
-    if (claimed := _claimed_string_bytes(raw)) > len(raw):
+    """Decode an on-chain request in the layout its endpoint id says; any malformed input is an `InvalidJob`.
+
+    Any endpoint id but 2 (an unknown one included, for the caller to name) has the 4-field layout.
+    """
+    typed = raw[32:64] == _TYPED_WORD
+    if (claimed := _claimed_string_bytes(raw, typed)) > len(raw):
         raise InvalidJob(
             f"on-chain data is not what abi.encode produces: its offsets and lengths claim {claimed} bytes "
             f"of strings in {len(raw)} bytes of data"
         )
     try:
-        provider_id, endpoint_id, model, pairs = abi_decode(_REQUEST, raw)
+        values = abi_decode(_TYPED_REQUEST if typed else _REQUEST, raw)
     except (DecodingError, UnicodeDecodeError, OverflowError) as exc:
-        raise InvalidJob(f"on-chain data is not {_SCHEMA}: {exc}") from None
-    return OnchainRequest(provider_id, endpoint_id, model, tuple(Message(role, content) for role, content in pairs))
+        raise InvalidJob(f"on-chain data is not {_TYPED_SCHEMA if typed else _SCHEMA}: {exc}") from None
+    provider_id, endpoint_id, model, pairs = values[:4]
+    messages = tuple(Message(role, content) for role, content in pairs)
+    return OnchainRequest(provider_id, endpoint_id, model, messages, values[4] if typed else None)
 
 
 def decode_result(raw: bytes) -> str:
@@ -117,10 +134,20 @@ def decode_callback_output(output: bytes) -> str:
     return decode_result(raw)
 
 
-def encode_request(provider_id: int, endpoint_id: int, model: str, messages: tuple[Message, ...]) -> bytes:
-    """The encoding a contract sends (for tests, examples and clients)."""
+def encode_request(provider_id: int, endpoint_id: int, model: str, messages: tuple[Message, ...],
+                   answer_type: str | None = None) -> bytes:
+    """The encoding a contract sends (for tests, examples and clients). `answer_type` (a Solidity
+    tuple type) is given for endpoint 2, completions with a typed answer, and only for it."""
+    if (endpoint_id == TYPED_ENDPOINT_ID) != (answer_type is not None):
+        raise ValueError(
+            "endpoint 2 (completions with a typed answer) needs an answer_type, e.g. '(bool approved, string reason)', "
+            f"and the other endpoints take none (endpoint {endpoint_id}, answer_type {answer_type!r})"
+        )
     pairs = [(message.role, message.content) for message in messages]
-    encoded: bytes = abi_encode(_REQUEST, (provider_id, endpoint_id, model, pairs))
+    if answer_type is None:
+        encoded: bytes = abi_encode(_REQUEST, (provider_id, endpoint_id, model, pairs))
+    else:
+        encoded = abi_encode(_TYPED_REQUEST, (provider_id, endpoint_id, model, pairs, answer_type))
     return encoded
 
 

@@ -7,6 +7,7 @@ import msgspec
 from css_core.config import Settings
 from css_core.errors import InvalidJob, ProofsNotSupported
 from css_core.jobs import codec
+from css_core.jobs.answer_type import AnswerType
 from css_core.jobs.messages import JobInput, JobLocation, OffchainRequest
 from css_core.operations.record import JobRecord
 from css_core.providers.registry import Registry
@@ -23,15 +24,18 @@ _UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError
 
 class Job:
     """One job on its way through the pipeline: what it asks, where its answer goes, its
-    deadline and its record (what operations see of it)."""
+    deadline and its record (what operations see of it). `answer_type` is the type of a typed
+    answer (`None`: the answer is the completion's text or the embedding)."""
 
-    __slots__ = ("deadline_at", "destination", "raw_input", "record", "request")
+    __slots__ = ("answer_type", "deadline_at", "destination", "raw_input", "record", "request")
 
-    def __init__(self, request: CSSRequest, destination: JobLocation, raw_input: str, record: JobRecord) -> None:
+    def __init__(self, request: CSSRequest, destination: JobLocation, raw_input: str, record: JobRecord,
+                 answer_type: AnswerType | None = None) -> None:
         self.request = request
         self.destination = destination
         self.raw_input = raw_input  # the on-chain input as bare hex, "" for an off-chain source
         self.record = record
+        self.answer_type = answer_type
         self.deadline_at = 0.0  # the event loop's time when the job's deadline passes (set when it starts)
 
 
@@ -64,6 +68,7 @@ def decode_job(body: bytes, registry: Registry, settings: Settings, record: JobR
         except _UNDECODABLE as exc:
             raise _invalid("invalid off-chain request in `data`", exc) from None
         params = data.params
+        answer_text = params.answer_type
         request = CSSRequest(
             provider=data.provider or settings.default_provider,
             endpoint=data.endpoint or params.endpoint or settings.default_endpoint,
@@ -83,7 +88,9 @@ def decode_job(body: bytes, registry: Registry, settings: Settings, record: JobR
         onchain = codec.decode_request(raw)
         endpoint = codec.ENDPOINT_IDS.get(onchain.endpoint_id)
         if endpoint is None:
-            raise InvalidJob(f"unknown on-chain endpoint id {onchain.endpoint_id} (0: completions, 1: embeddings)")
+            raise InvalidJob(f"unknown on-chain endpoint id {onchain.endpoint_id} "
+                             "(0: completions, 1: embeddings, 2: completions with a typed answer)")
+        answer_text = onchain.answer_type
         request = CSSRequest(
             provider=registry.by_onchain_id(onchain.provider_id).spec.name,
             endpoint=endpoint,
@@ -94,7 +101,20 @@ def decode_job(body: bytes, registry: Registry, settings: Settings, record: JobR
         raw_input = raw.hex()
 
     _check(request, source, destination, settings)
-    return Job(request, destination, raw_input, record)
+    if answer_text is None:
+        return Job(request, destination, raw_input, record)
+    answer_type = _typed(request, answer_text)
+    request = msgspec.structs.replace(request, answer_schema=answer_type.json_schema())
+    return Job(request, destination, raw_input, record, answer_type)
+
+
+def _typed(request: CSSRequest, text: str) -> AnswerType:
+    """The answer type of a typed job, which must be a completion that is not streamed."""
+    if request.endpoint != "completions":
+        raise InvalidJob(f"only completions can have a typed answer (`answer_type`), not {request.endpoint!r}")
+    if request.stream:
+        raise InvalidJob("a typed answer cannot be streamed: send it with destination 0 (on-chain) or 1 (off-chain)")
+    return AnswerType.parse(text)
 
 
 def _check(request: CSSRequest, source: JobLocation, destination: JobLocation, settings: Settings) -> None:

@@ -40,11 +40,16 @@ class JobInput(msgspec.Struct):
 
 
 class Params(msgspec.Struct):
-    """`params` of an off-chain request: messages for completions, input for embeddings."""
+    """`params` of an off-chain request: messages for completions, input for embeddings, and
+    for a typed answer its Solidity tuple type, e.g. `(bool approved, uint8 confidence, string reason)`."""
 
     endpoint: str | None = None
     messages: list[Message] | None = None
     input: str | None = None
+    answer_type: Annotated[str | None, msgspec.Meta(
+        description="completions only: the answer's Solidity tuple type with named components, e.g. "
+                    "`(bool approved, uint8 confidence, string reason)`; the output is then an object of those keys",
+    )] = None
 
 
 class OffchainRequest(msgspec.Struct):
@@ -58,7 +63,12 @@ class OffchainRequest(msgspec.Struct):
 
 
 class OffchainOutput(msgspec.Struct):
-    output: str | list[float]
+    """A completion's text, an embedding, or a typed answer's object keyed by the type's component names."""
+
+    output: Annotated[str | list[float] | dict[str, Any], msgspec.Meta(
+        description="the completion's text, the embedding, or a typed answer's object (integers beyond 2**53 as "
+                    "decimal strings, addresses checksummed, bytes32 as 0x hex, arrays as lists, tuples as objects)",
+    )]
 
 
 class OnchainOutput(msgspec.Struct):

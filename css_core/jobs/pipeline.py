@@ -11,7 +11,10 @@
   job's deadline, in one of the provider's in-flight slots, once the job's budgets admit it.
 - **postprocess** (`_result`, `_stream_start`): the plugin reads the answer, or each
   streamed event, inside the attempt, so an unreadable answer is retried like a failure.
-- **encode** (`encode`): the result in the shape of the job's destination.
+  A typed answer's JSON is read against its type there too: an answer that does not fit
+  it is retried, and never delivered.
+- **encode** (`encode`): the result in the shape of the job's destination (a typed
+  answer: its values' ABI encoding on-chain, an object keyed by its names off-chain).
 - **record**: what the job did is told to its record as it happens (attempts, waits,
   fallbacks, usage); the edge finishes the record once the answer is sent.
 
@@ -46,7 +49,7 @@ from css_core.errors import (
     ProviderUnreachable,
     ServiceBusy,
 )
-from css_core.jobs._attempts import Attempts, KeysCooling, call_hook, events_of
+from css_core.jobs._attempts import Attempts, KeysCooling, call_hook, events_of, plugin_failed
 from css_core.jobs.codec import encode_result
 from css_core.jobs.decode import Job, decode_job
 from css_core.jobs.fallbacks import Fallbacks, fall_back
@@ -71,12 +74,14 @@ _DESTINATIONS = {JobLocation.ONCHAIN: "onchain", JobLocation.OFFCHAIN: "offchain
 _UNSAFE_PATH = re.compile(r"[?#\\\x00-\x20\x7f]|(?:^|/)(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
 # how a job ends when another provider might still answer it (a ProviderTimeout excepted)
 _FALLS_BACK = (ProviderFailed, ServiceBusy, PluginFailed, ProviderNotServed, OverBudget)
+_NO_FIELDS: dict[str, Any] = {}  # a plain job's answer format (never changed)
 
 
 class Served(NamedTuple):
-    """A job's result, and the provider and model that answered it."""
+    """A job's result (a typed answer's: its values, in the type's order), and the provider and
+    model that answered it."""
 
-    result: Result
+    result: Result | tuple[Any, ...]
     provider: Provider
     model: str
 
@@ -129,10 +134,19 @@ class Pipeline:
     @staticmethod
     def encode(job: Job, served: Served) -> bytes:
         """encode: the result as the job's destination takes it (a stream is relayed by the edge)."""
+        result, answer_type = served.result, job.answer_type
         if job.destination is JobLocation.ONCHAIN:
-            assert isinstance(served.result, str)  # decode_job refuses embeddings on-chain
-            return encode_json(OnchainOutput(raw_input=job.raw_input, raw_output=encode_result(served.result).hex()))
-        return encode_json(OffchainOutput(served.result))
+            if isinstance(result, tuple):
+                assert answer_type is not None  # only a typed job's result is its values
+                raw_output = answer_type.encode(result)
+            else:
+                assert isinstance(result, str)  # decode_job refuses embeddings on-chain
+                raw_output = encode_result(result)
+            return encode_json(OnchainOutput(raw_input=job.raw_input, raw_output=raw_output.hex()))
+        if isinstance(result, tuple):
+            assert answer_type is not None
+            return encode_json(OffchainOutput(answer_type.to_json(result)))
+        return encode_json(OffchainOutput(result))
 
     # -- choose the target ----------------------------------------------------------------------------------
 
@@ -149,6 +163,11 @@ class Pipeline:
             )
         if request.stream and not provider.streams:
             raise InvalidJob(f"{spec.name} cannot stream: its plugin does not implement css_parse_stream_event")
+        schema = request.answer_schema
+        if schema is not None and not provider.types_answers:
+            raise InvalidJob(
+                f"{spec.name} cannot give typed answers (its plugin does not implement css_encode_answer_format)"
+            )
         if reserved := sorted(request.extra_args.keys() & spec.job_fields):
             raise InvalidJob(
                 f"`extra_args` may not set {', '.join(reserved)}: {spec.name}'s request builds "
@@ -159,10 +178,15 @@ class Pipeline:
         if call is None:
             raise InvalidJob(f"{spec.name} cannot encode a {request.endpoint!r} request")
         body = call.body
+        answer_format = _NO_FIELDS
+        if schema is not None:
+            answer_format = self._answer_format(provider, request, schema)
+            body = {**body, **answer_format}
         if options := {**provider.options_for(request.endpoint), **request.extra_args}:
             placed = call_hook(provider, provider.hooks.encode_options, "encoding of the options",
                                reading=False, request=request, options=options)
-            body = {**body, **(options if placed is None else placed)}
+            placed = options if placed is None else placed
+            body = _merge(body, placed, answer_format) if answer_format else {**body, **placed}
 
         def has_fallback() -> bool:
             nonlocal more
@@ -173,6 +197,18 @@ class Pipeline:
         policy = self._retrying[spec.name, request.stream]
         return Attempts(job, provider, request, _url(provider, call), msgspec.json.encode(body), policy,
                         self.settings.retry, has_fallback)
+
+    @staticmethod
+    def _answer_format(provider: Provider, request: CSSRequest, schema: dict[str, Any]) -> dict[str, Any]:
+        """The body fields that ask the provider for a typed answer (`css_encode_answer_format`)."""
+        spec = provider.spec
+        fields: dict[str, Any] | None = call_hook(provider, provider.hooks.encode_answer_format,
+                                                  "encoding of the answer format", reading=False, request=request,
+                                                  schema=schema)
+        if fields is None:
+            raise InvalidJob(f"{spec.name} cannot give a typed answer to this job (model {request.model!r}): "
+                             "its plugin's css_encode_answer_format declined it")
+        return fields
 
     async def _fall_back(self, job: Job, failure: CSSError, attempt: Callable[[Attempts], Awaitable[T]],
                          stream: bool) -> tuple[Attempts, T]:
@@ -235,8 +271,9 @@ class Pipeline:
 
     # -- postprocess, inside each attempt --------------------------------------------------------------------
 
-    async def _result(self, attempts: Attempts) -> Result:
-        """One attempt of a plain job: the call, then the plugin reads its result and usage."""
+    async def _result(self, attempts: Attempts) -> Result | tuple[Any, ...]:
+        """One attempt of a plain job: the call, then the plugin reads its result and usage, and
+        a typed answer's values are read from its JSON."""
         provider = attempts.provider
         hooks, spec = provider.hooks, provider.spec
         try:
@@ -247,8 +284,16 @@ class Pipeline:
         result: Result | None = attempts.plugin_step(hooks.postprocess, "answer", request=attempts.request, body=body)
         if result is None:
             raise ProviderBadResponse(f"the answer of {spec.name} holds no result")
+        answer_type = attempts.job.answer_type
+        if answer_type is None:
+            attempts.read_usage(body)
+            return result
+        if not isinstance(result, str):
+            raise plugin_failed(provider, TypeError(f"css_postprocess returned {type(result).__name__} for a typed "
+                                                    "answer, not its JSON text"), "answer")
+        values = answer_type.read(result)
         attempts.read_usage(body)
-        return result
+        return values
 
     async def _stream_start(self, attempts: Attempts) -> tuple[AsyncIterator[Any], str]:
         """One attempt of a stream, until its first text; an empty stream is no answer."""
@@ -273,11 +318,22 @@ class Pipeline:
         raise ProviderBadResponse("the stream ended without any text")
 
     @staticmethod
-    async def _served(attempts: Attempts, result: Result) -> Served:
+    async def _served(attempts: Attempts, result: Result | tuple[Any, ...]) -> Served:
         """record: the answer's usage and who served it."""
         await attempts.report_usage()
         attempts.job.record.served(attempts.provider.spec.name, attempts.request.model)
         return Served(result, attempts.provider, attempts.request.model)
+
+
+def _merge(body: dict[str, Any], options: dict[str, Any], answer_format: dict[str, Any]) -> dict[str, Any]:
+    """The options over the body; an object that both they and the answer format set (e.g. Gemini's
+    `generationConfig`, holding the answer's schema and the job's temperature) is merged, so that
+    the options do not drop the request for a typed answer."""
+    merged = {**body, **options}
+    for key, value in options.items():
+        if isinstance(value, dict) and isinstance(kept := answer_format.get(key), dict):
+            merged[key] = {**kept, **value}
+    return merged
 
 
 def _url(provider: Provider, call: ProviderCall) -> str:

@@ -9,8 +9,8 @@ plugins registered later, or marked `tryfirst`, are asked first.
 
 Each hook may omit arguments it does not need, as with any pluggy hook. A plugin for a
 JSON-over-HTTP provider implements `css_provider`, `css_encode_params` and
-`css_postprocess` (and `css_parse_stream_event` to stream, `css_usage` to count tokens); the
-others have defaults.
+`css_postprocess` (and `css_parse_stream_event` to stream, `css_usage` to count tokens,
+`css_encode_answer_format` to give typed answers); the others have defaults.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ __all__ = (
     "PROJECT",
     "css_call",
     "css_call_stream",
+    "css_encode_answer_format",
     "css_encode_options",
     "css_encode_params",
     "css_parse_stream_event",
@@ -97,6 +98,24 @@ def css_encode_options(spec: ProviderSpec, request: CSSRequest, options: dict[st
 
 
 @hookspec(firstresult=True)
+def css_encode_answer_format(spec: ProviderSpec, request: CSSRequest, schema: dict[str, Any]) -> dict[str, Any] | None:
+    """Ask the provider for an answer that is a JSON object following `schema`.
+
+    Called once per typed job (one with an `answer_type`), after `css_encode_params` and
+    before `css_encode_options`. `schema` (also `request.answer_schema`) is a JSON Schema
+    object: every property required, no other property allowed. Return the body fields that
+    ask for it (e.g. OpenAI's `response_format` with a `json_schema`, a forced tool): they
+    are merged over the encoded body, and the job's options over them (an object both set,
+    such as Gemini's `generationConfig`, is merged one level down). `None` (or no
+    implementation): the provider cannot give typed answers; the job is a 400 naming it.
+
+    For a typed job, `css_postprocess` returns the answer's JSON text (for a forced tool: the
+    JSON of the tool call's arguments); the core checks it against the type inside the
+    attempt, and retries an answer that does not fit.
+    """
+
+
+@hookspec(firstresult=True)
 def css_call(
     spec: ProviderSpec, call: PreparedCall, client: httpx.AsyncClient, transport: httpx.AsyncBaseTransport
 ) -> Awaitable[bytes] | None:
@@ -156,6 +175,9 @@ def css_postprocess(spec: ProviderSpec, request: CSSRequest, body: bytes) -> Res
     `IndexError`, `ValueError` (which includes the standard library's `json.JSONDecodeError`):
     the attempt is then retried as an unreadable answer. Any other exception (a `TypeError`,
     an `AttributeError`, ...) is a bug in the plugin: a 500 naming it, not retried.
+
+    For a typed job (`request.answer_schema` set), return the answer's JSON text: the core
+    reads it against the type, and an answer that does not fit is retried like an unreadable one.
 
     A readable answer without deliverable text (no choices, an empty or null text, a
     refusal, a blocked prompt) or an empty embedding: raise `ProviderBadResponse` naming the

@@ -53,6 +53,7 @@ class Hooks:
     (and to plugins that own no provider, such as the core's call)."""
 
     encode_params: pluggy.HookCaller
+    encode_answer_format: pluggy.HookCaller
     encode_options: pluggy.HookCaller
     call: pluggy.HookCaller
     call_stream: pluggy.HookCaller
@@ -69,6 +70,7 @@ def _hooks(pm: pluggy.PluginManager, others: list[object]) -> Hooks:
 
     return Hooks(
         encode_params=caller("css_encode_params"),
+        encode_answer_format=caller("css_encode_answer_format"),
         encode_options=caller("css_encode_options"),
         call=caller("css_call"),
         call_stream=caller("css_call_stream"),
@@ -121,6 +123,11 @@ class Provider:
     def streams(self) -> bool:
         """Whether a plugin reads this provider's streamed events (`css_parse_stream_event`)."""
         return any(impl.plugin is not default_call for impl in self.hooks.parse_stream_event.get_hookimpls())
+
+    @property
+    def types_answers(self) -> bool:
+        """Whether a plugin asks this provider for typed answers (`css_encode_answer_format`)."""
+        return bool(self.hooks.encode_answer_format.get_hookimpls())
 
     def unavailable_reason(self) -> str:
         return f"{self.spec.api_key_env} is not set"
