@@ -181,14 +181,35 @@ PLUGIN_TESTS = {
 }
 
 
+CONTRACTS = ROOT / "contracts"
+
+
+def _install_evm_tools(session: nox.Session) -> None:
+    """anvil and solcjs for tests/test_evm.py, at contracts/package-lock.json's versions (`npm ci`).
+
+    Kept between runs, and installed again only when the lock is newer than what npm last installed.
+    Without npm the EVM tests skip, naming the command, or fail when CI is set.
+    """
+    installed = CONTRACTS / "node_modules" / ".package-lock.json"  # npm's record of what it installed
+    if installed.is_file() and installed.stat().st_mtime >= (CONTRACTS / "package-lock.json").stat().st_mtime:
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        session.warn("npm is not on PATH: tests/test_evm.py cannot get anvil and solc (skipped, or failed under CI)")
+        return
+    session.run(npm, "ci", "--prefix", str(CONTRACTS), "--no-audit", "--no-fund", external=True)
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The whole project's tests (core and plugins), without the compat suite."""
     _install_project(session, ["test"])
     # Only the oldest Python runs the tests marked `processes` (the command line's processes,
-    # a plugin package installed): they take half the suite's time and do the same on every
-    # Python, where the in-process tests run the same code.
+    # a plugin package installed, anvil): they take half the suite's time and do the same on
+    # every Python, where the in-process tests run the same code.
     processes = [] if session.python == PYTHONS[0] else ["-m", "not processes"]
+    if not processes:
+        _install_evm_tools(session)
     # two pytest workers (pytest-xdist): most tests wait on sockets and subprocesses
     session.run("pytest", "tests", "--ignore=tests/compat", "-n", "2", *processes, *session.posargs)
 
