@@ -51,7 +51,7 @@ function main(argv) {
     settings: {
       remappings: REMAPPINGS,
       optimizer: { enabled: true, runs: 200 },
-      // the newest fork that anvil and the L2s Infernet runs on all take
+      // a fork that anvil and the chains Infernet runs on all take, whatever solc's default
       evmVersion: 'cancun',
       outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object', 'evm.methodIdentifiers'] } },
     },
