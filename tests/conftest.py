@@ -40,10 +40,12 @@ from css_core.jobs.messages import JobLocation
 from css_core.providers.registry import build_registry, plugin_manager
 from css_core.testing import ProviderDouble
 from css_core.types import Message
+from tests.clock_service import CLOCK_VARIABLE
 
 KEY = "sk-test-double-key"
 OFFCHAIN, ONCHAIN, STREAM = JobLocation.OFFCHAIN.value, JobLocation.ONCHAIN.value, JobLocation.STREAM.value
 EXECUTABLE = str(Path(sys.executable).with_name("css-inference-service"))
+ROOT = Path(__file__).resolve().parent.parent
 SERVICE_VARIABLE_PREFIXES = ("OPENAI_", "PERPLEXITYAI_", "GOOSEAI_", "CSS_", "RETRY_PARAMS")
 
 # a loaded CI machine must not turn a slow example into a failure: no per-example deadline
@@ -262,20 +264,28 @@ def run_command(*args: str, env: Mapping[str, str], cwd: Path, timeout: float = 
                           timeout=timeout, check=False)
 
 
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
-    """`launch(env, workers=2) -> Launched`: run the command line until `GET /health` answers.
+def mid_window() -> float:
+    """A time half an hour into an hour, tomorrow: far from any budget window's end, and after
+    every count a store holds now (a store expires counts on the real clock)."""
+    return (time.time() // 86400 + 1) * 86400 + 1800
 
-    It runs in an empty directory, so no `.env` is read; it is stopped at teardown.
-    """
+
+@contextmanager
+def launcher(cwd: Path) -> Iterator[Callable[..., Launched]]:
+    """`start(env, workers=2, clock=None) -> Launched`: the command line in `cwd`, once `GET /health`
+    answers; with `clock`, its budgets' windows on that fixed time (`tests.clock_service`).
+    Every one is stopped at the end."""
     started: list[Launched] = []
 
-    def start(env: Mapping[str, str], workers: int = 2) -> Launched:
+    def start(env: Mapping[str, str], workers: int = 2, clock: float | None = None) -> Launched:
         port = free_port()
-        process = subprocess.Popen(
-            [EXECUTABLE, f"--bind=127.0.0.1:{port}", f"--workers={workers}"], env=command_env(env), cwd=tmp_path,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
+        command, full_env = [EXECUTABLE], command_env(env)
+        if clock is not None:
+            command = [sys.executable, "-m", "tests.clock_service"]
+            full_env = {**full_env, CLOCK_VARIABLE: repr(clock),
+                        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))}
+        process = subprocess.Popen([*command, f"--bind=127.0.0.1:{port}", f"--workers={workers}"], env=full_env,
+                                   cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         started.append(service := Launched(f"http://127.0.0.1:{port}", process))
         deadline = time.monotonic() + 30
         while True:
@@ -290,9 +300,21 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
                 raise RuntimeError(f"css-inference-service did not answer GET /health:\n{service.stop()}")
             time.sleep(0.05)
 
-    yield start
-    for service in started:
-        service.stop()
+    try:
+        yield start
+    finally:
+        for service in started:
+            service.stop()
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Callable[..., Launched]]:
+    """`launch(env, workers=2) -> Launched`: run the command line until `GET /health` answers.
+
+    It runs in an empty directory, so no `.env` is read; it is stopped at teardown.
+    """
+    with launcher(tmp_path) as start:
+        yield start
 
 
 # -- jobs ------------------------------------------------------------------------------------------

@@ -35,12 +35,13 @@ from tests.conftest import (
     chat,
     free_port,
     job,
+    launcher,
+    mid_window,
     post_job,
     run_command,
     service_env,
 )
 from tests.helpers import requires_plugin
-from tests.launching import launcher, mid_window
 from tests.test_metrics import jobs_by_worker, one_connection_each, scrape, wait_for_workers
 
 needs_openai = requires_plugin("css_openai")

@@ -26,13 +26,13 @@ from tests.conftest import (
     assert_error,
     chat,
     job,
+    launcher,
     onchain_hex,
     post_job,
     run_command,
     service_env,
 )
 from tests.helpers import requires_plugin
-from tests.launching import launcher
 from tests.test_bad_input import CASES, MAX_BODY, MAX_MESSAGES, send
 
 pytestmark = requires_plugin("css_openai")
