@@ -68,7 +68,14 @@ class TextFormatter(logging.Formatter):
         line = super().formatMessage(record)
         fields = getattr(record, JOB_FIELDS, None)
         if fields:
-            line += " " + " ".join(f"{name}={_text(value)}" for name, value in fields.items())
+            # one loop, no call per field: a job's line has a dozen of them
+            shown = [line]
+            for name, value in fields.items():
+                if value.__class__ is str and not _PLAIN.fullmatch(value):
+                    # a model name may hold spaces or line breaks: quoted, it cannot fake a field or a line
+                    value = _encode_json(value).decode()
+                shown.append(f"{name}={value}")
+            line = " ".join(shown)
         # a job's values reach messages too (a model name in "falling back to ..."): a line break
         # in one would start a forged line
         return line if line.isprintable() else _CONTROL.sub(_escape, line)
@@ -77,13 +84,6 @@ class TextFormatter(logging.Formatter):
 def _escape(match: re.Match[str]) -> str:
     char = match.group()
     return _ESCAPES.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        return str(value)  # a number
-    # a job's model name may hold spaces or line breaks: quoted, it cannot fake another field or line
-    return value if _PLAIN.fullmatch(value) else _encode_json(value).decode()
 
 
 class StreamCutFilter(logging.Filter):
