@@ -384,7 +384,7 @@ async def case_record(base_url: str, metrics: bool, budget: bool = False, log: b
 
     from css_core.config import load_settings
     from css_core.operations.budget_store import open_budgets
-    from css_core.operations.logs import TEXT_FORMAT, TextFormatter
+    from css_core.operations.logs import TEXT_FORMAT, TextFormatter, lean_records
     from css_core.operations.metrics import VARIABLE, Metrics
     from css_core.operations.record import JobRecord, Recorder
     from css_core.types import CSSRequest, Message
@@ -412,6 +412,7 @@ async def case_record(base_url: str, metrics: bool, budget: bool = False, log: b
     level, handlers, propagate = jobs.level, jobs.handlers[:], jobs.propagate
     stream = io.StringIO()
     if log:
+        lean_records()  # as each worker's app factory does: no walk up the stack per record
         handler = logging.StreamHandler(stream)
         handler.setFormatter(TextFormatter(TEXT_FORMAT))
         jobs.handlers, jobs.propagate = [handler], False
