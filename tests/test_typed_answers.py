@@ -284,7 +284,21 @@ def test_hook_css_encode_answer_format_options_in_the_same_object_keep_it(
         response = post_job(http, url, typed_job(VERDICT, extra_args={"temperature": 0.3, "mime": "text/x"}))
     assert response.status_code == 200, response.text
     schema = AnswerType.parse(VERDICT).json_schema()
-    assert double.requests[0].json["config"] == {"schema": schema, "mime": "text/x", "temperature": 0.3}
+    # the job's temperature is kept; its `mime` cannot change the request for a typed answer
+    assert double.requests[0].json["config"] == {"schema": schema, "mime": "application/json", "temperature": 0.3}
+
+
+def test_extra_args_may_not_replace_the_request_for_a_typed_answer(
+    double: ProviderDouble, pm: pluggy.PluginManager, serve_acme: Callable[..., str], http: httpx.Client
+) -> None:
+    with registered(pm, acme=Typed()):
+        url = serve_acme()
+        response = post_job(http, url, typed_job(VERDICT, extra_args={"response_format": {"type": "text"}}))
+        assert response.status_code == 200, response.text  # an object: merged, the typed request's fields win
+        assert_error(post_job(http, url, typed_job(VERDICT, extra_args={"response_format": "text"})), 400,
+                     "response_format", "typed")
+    assert double.requests[0].json["response_format"]["type"] != "text"
+    assert len(double.requests) == 1
 
 
 # -- /service-resources -----------------------------------------------------------------------------------------

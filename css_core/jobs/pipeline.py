@@ -182,6 +182,10 @@ class Pipeline:
         if schema is not None:
             answer_format = self._answer_format(provider, request, schema)
             body = {**body, **answer_format}
+            if clash := sorted(key for key in request.extra_args.keys() & answer_format.keys()
+                               if not isinstance(request.extra_args[key], dict)):
+                raise InvalidJob(f"`extra_args` may not set {', '.join(clash)} in a typed job: {spec.name}'s "
+                                 "request for the typed answer sets it")
         if options := {**provider.options_for(request.endpoint), **request.extra_args}:
             placed = call_hook(provider, provider.hooks.encode_options, "encoding of the options",
                                reading=False, request=request, options=options)
@@ -326,13 +330,14 @@ class Pipeline:
 
 
 def _merge(body: dict[str, Any], options: dict[str, Any], answer_format: dict[str, Any]) -> dict[str, Any]:
-    """The options over the body; an object that both they and the answer format set (e.g. Gemini's
-    `generationConfig`, holding the answer's schema and the job's temperature) is merged, so that
-    the options do not drop the request for a typed answer."""
+    """The options over the body, the answer format over both: an object that both the options and
+    the answer format set (e.g. Gemini's `generationConfig`, holding the answer's schema and the
+    job's temperature) is merged, the answer format's fields winning, so that no option drops or
+    changes the request for a typed answer."""
     merged = {**body, **options}
-    for key, value in options.items():
-        if isinstance(value, dict) and isinstance(kept := answer_format.get(key), dict):
-            merged[key] = {**kept, **value}
+    for key, value in answer_format.items():
+        given = options.get(key)
+        merged[key] = {**given, **value} if isinstance(value, dict) and isinstance(given, dict) else value
     return merged
 
 
