@@ -187,6 +187,14 @@ def test_text_lines_escape_control_characters_but_keep_tracebacks() -> None:
     assert rest[0] == "Traceback (most recent call last):" and rest[-1] == "ValueError: boom"
 
 
+def test_json_lines_escape_the_unicode_line_breaks_json_allows() -> None:
+    message = "model a\u2028forged\x85line\u2029 é"
+    record = logging.LogRecord("css_core.jobs", logging.INFO, __file__, 1, message, None, None)
+    line = JsonFormatter().format(record)
+    assert len(line.splitlines()) == 1
+    assert json.loads(line)["message"] == message
+
+
 def test_the_log_format_is_checked_at_start_up() -> None:
     with pytest.raises(ConfigError, match="CSS_LOG_FORMAT must be text or json"):
         load_settings(environ={"CSS_LOG_FORMAT": "xml"}, dotenv=None)

@@ -33,6 +33,7 @@ __all__ = ("JOB_FIELDS", "JsonFormatter", "StreamCutFilter", "TextFormatter", "l
 #: the attribute of a log record holding a finished job's fields
 JOB_FIELDS = "css_job"
 _encode_json = msgspec.json.Encoder().encode
+_JSON_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _PLAIN = re.compile(r"[\w.:/@+-]*")  # a text value shown as is; any other is quoted
 # what would break a text line, or rewrite the terminal showing it: C0, DEL, C1's NEL, Unicode's line breaks
@@ -58,7 +59,10 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return _encode_json(entry).decode()
+        line = _encode_json(entry).decode()
+        # JSON allows these three unescaped, but a reader splitting on Unicode line breaks (Python's
+        # `splitlines`) would cut the line there
+        return line if line.isascii() else line.translate(_JSON_BREAKS)
 
 
 class TextFormatter(logging.Formatter):
