@@ -94,7 +94,7 @@ class Pipeline:
         self.settings = settings
         self.http = http
         self.fallbacks = Fallbacks(settings.fallbacks)
-        # one retry policy per provider and kind of job, built once; each job runs a copy
+        # one retry policy per provider and kind of job, built once; each job's controller defers to it
         self._retrying = {
             (provider.spec.name, stream): retrying(settings.retry, provider.spec.retryable_statuses, deadline)
             for provider in registry.providers
